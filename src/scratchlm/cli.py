@@ -1,0 +1,219 @@
+"""The `scratchlm` command tree. Each command parses its arguments, then calls one stage function."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from scratchlm import __version__
+from rich.markup import escape
+
+from scratchlm.config import deep_update, describe, from_dict, merge_overrides, read_toml
+from scratchlm.console import console, set_quiet
+from scratchlm.errors import UserError
+from scratchlm.tokenizer.train import TokenizerTrainConfig
+
+app = typer.Typer(
+    help="scratchlm: build a GPT-style language model from scratch, end to end.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Corpora and documents: fetch, prepare, inspect.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Byte-level BPE tokenizers: train, encode, decode, inspect.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"scratchlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines (errors still print).")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    set_quiet(quiet)
+
+
+# ---- settings from dataclasses ----------------------------------------------------------------
+
+
+def _option_type(annotation: Any) -> Any:
+    """The Optional[...] type typer should parse a config field as (None = not given)."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return Optional[list[typing.get_args(annotation)[0]]]
+    if origin is typing.Literal:
+        return Optional[str]
+    return Optional[annotation]
+
+
+def with_settings(cls: type) -> typing.Callable:
+    """Give a command one `--flag` per field of `cls`, plus `--config FILE` and `--set KEY=VALUE`.
+
+    Precedence: defaults < TOML file < flags < `--set`. The command receives `settings`, a
+    validated `cls` instance. The flags' help text is each field's docstring.
+    """
+
+    def decorate(func: typing.Callable) -> typing.Callable:
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+        own_hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints[p.name])
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "settings"
+        ]
+        extra = []
+        for f, (_, _, default, doc) in zip(fields, describe(cls)):
+            option = typer.Option(f"--{f.name.replace('_', '-')}", help=f"{doc} [dim]\\[default: {escape(default)}][/dim]", rich_help_panel="Settings", show_default=False)
+            extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(hints[f.name]), option]))
+        extra.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help="A TOML file of settings (flags and --set override it).", rich_help_panel="Settings")]))
+        extra.append(inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE (repeatable).", rich_help_panel="Settings")]))
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            config_file = kwargs.pop("config_file")
+            overrides = kwargs.pop("overrides") or []
+            flags = {}
+            for f in fields:
+                value = kwargs.pop(f.name)
+                if value is not None:
+                    flags[f.name] = value
+            data = read_toml(config_file) if config_file else {}
+            settings = from_dict(cls, merge_overrides(deep_update(data, flags), overrides))
+            return func(settings=settings, **kwargs)
+
+        parameters = own + extra
+        wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        # typer reads types from __annotations__, which functools.wraps copied from `func`.
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="The corpus to fetch.")] = "shakespeare",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache directory [default: $SCRATCHLM_CACHE, else $XDG_CACHE_HOME/scratchlm, else ~/.cache/scratchlm].")] = None,
+) -> None:
+    """Fetch a known corpus into the cache (verified by checksum; reused when present)."""
+    from scratchlm.data.corpus import fetch
+
+    print(fetch(name, cache_dir))
+
+
+# ---- tokenizer ------------------------------------------------------------------------------
+
+
+@tokenizer_app.command("train")
+@with_settings(TokenizerTrainConfig)
+def tokenizer_train(
+    settings: TokenizerTrainConfig,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the tokenizer to.")],
+    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Text files, directories, JSONL(.zst/.gz) or Parquet files (repeatable).")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="Also train on a known corpus by name (e.g. shakespeare), fetched if missing.")] = None,
+) -> None:
+    """Train a byte-level BPE tokenizer from scratch and save it (with an HF tokenizer.json)."""
+    from scratchlm.tokenizer.train import train
+
+    train(list(input or []), output, settings, corpus=corpus)
+
+
+def _read_text(text: Optional[str], file: Optional[Path]) -> str:
+    if text is not None and file is not None:
+        raise UserError("Give the text either as an argument or with --file, not both.")
+    if file is not None:
+        if not file.is_file():
+            raise UserError(f"No such file: {file}; check the --file path.")
+        return file.read_bytes().decode("utf-8", errors="replace")
+    if text is not None:
+        return text
+    if sys.stdin.isatty():
+        raise UserError("No text to encode; pass it as an argument, with --file, or on standard input.")
+    return sys.stdin.read()
+
+
+@tokenizer_app.command("encode")
+def tokenizer_encode(
+    tokenizer: Annotated[Path, typer.Argument(help="Tokenizer directory, GPT-2 vocabulary directory or tokenizer.json.")],
+    text: Annotated[Optional[str], typer.Argument(help="Text to encode (else --file or standard input).")] = None,
+    file: Annotated[Optional[Path], typer.Option(help="Encode this file's text.")] = None,
+    allow_special: Annotated[bool, typer.Option(help="Encode special-token strings in the text as special tokens (else they are plain text).")] = False,
+    show: Annotated[bool, typer.Option(help="Print one line per token: id and its bytes, instead of the ids.")] = False,
+) -> None:
+    """Encode text to token ids."""
+    from scratchlm.tokenizer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    content = _read_text(text, file)
+    ids = tok.encode(content, allowed_special="all") if allow_special else tok.encode_ordinary(content)
+    if show:
+        for token_id in ids:
+            print(f"{token_id}\t{tok.token_bytes(token_id)!r}")
+    else:
+        print(" ".join(map(str, ids)))
+
+
+@tokenizer_app.command("decode")
+def tokenizer_decode(
+    tokenizer: Annotated[Path, typer.Argument(help="Tokenizer directory, GPT-2 vocabulary directory or tokenizer.json.")],
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Token ids (else read from standard input, separated by spaces, commas or newlines).")] = None,
+) -> None:
+    """Decode token ids to text (invalid UTF-8 becomes U+FFFD)."""
+    from scratchlm.tokenizer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    words = ids if ids else sys.stdin.read().replace(",", " ").split()
+    try:
+        numbers = [int(word) for word in words]
+    except ValueError as error:
+        raise UserError(f"Token ids must be whole numbers ({error}).") from None
+    sys.stdout.write(tok.decode(numbers) + "\n")
+
+
+@tokenizer_app.command("stats")
+def tokenizer_stats(
+    tokenizer: Annotated[Path, typer.Argument(help="Tokenizer directory, GPT-2 vocabulary directory or tokenizer.json.")],
+    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Measure compression on these files (repeatable).")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="Measure compression on a known corpus (e.g. shakespeare).")] = None,
+) -> None:
+    """What a tokenizer holds, and how well it compresses a text: bytes per token, vocabulary use."""
+    from scratchlm.tokenizer.stats import describe_tokenizer, measure
+    from scratchlm.tokenizer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    console.print(describe_tokenizer(tok))
+    if input or corpus:
+        console.print(measure(tok, list(input or []), corpus))
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2; bugs keep their traceback."""
+    try:
+        app()
+    except UserError as error:
+        console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
