@@ -91,7 +91,7 @@ def train(inputs: list[str | Path], output: str | Path, config: TokenizerTrainCo
             yield from (doc.text for doc in read_documents([Path(p) for p in inputs], stats, text_field=config.text_field))
 
     tokenizer = train_from_texts(texts(), config, name=Path(output).name)
-    if inputs and (stats.malformed_lines_count or stats.invalid_utf8_documents or stats.binary_files or stats.empty_files):
+    if inputs and (stats.malformed_lines or stats.invalid_utf8_documents or stats.binary_files or stats.empty_files):
         info(stats.summary())
     tokenizer.save(output)
     info(f"saved tokenizer ({tokenizer.vocab_size} tokens, hash {tokenizer.hash[:12]}) to {output}")
