@@ -83,14 +83,13 @@ def train(inputs: list[str | Path], output: str | Path, config: TokenizerTrainCo
     if not inputs and corpus is None:
         raise UserError("Nothing to train on; pass --input PATH (files, directories, JSONL, Parquet) or --corpus shakespeare.")
     stats = ReadStats()
+    # Readers check every path when called, so a typo fails before any work starts.
+    sources = [corpus_documents(corpus)] if corpus is not None else []
+    if inputs:
+        sources.append(read_documents([Path(p) for p in inputs], stats, text_field=config.text_field))
+    texts = (doc.text for source in sources for doc in source)
 
-    def texts() -> Iterator[str]:
-        if corpus is not None:
-            yield from (doc.text for doc in corpus_documents(corpus))
-        if inputs:
-            yield from (doc.text for doc in read_documents([Path(p) for p in inputs], stats, text_field=config.text_field))
-
-    tokenizer = train_from_texts(texts(), config, name=Path(output).name)
+    tokenizer = train_from_texts(texts, config, name=Path(output).name)
     if inputs and (stats.malformed_lines or stats.invalid_utf8_documents or stats.binary_files or stats.empty_files):
         info(stats.summary())
     tokenizer.save(output)
