@@ -15,10 +15,12 @@ import typer
 from scratchlm import __version__
 from rich.markup import escape
 
-from scratchlm.config import deep_update, describe, from_dict, merge_overrides, read_toml
+from scratchlm.config import deep_update, describe, from_dict, load_config, merge_overrides, read_toml, resolve_config_file, settings_help
 from scratchlm.console import console, set_quiet
 from scratchlm.errors import UserError
+from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig
+from scratchlm.train.loop import RunConfig
 
 app = typer.Typer(
     help="scratchlm: build a GPT-style language model from scratch, end to end.",
@@ -201,6 +203,61 @@ def tokenizer_stats(
     console.print(describe_tokenizer(tok))
     if input or corpus:
         console.print(measure(tok, list(input or []), corpus))
+
+
+# ---- training and generation ----------------------------------------------------------------
+
+
+@app.command("train", epilog=settings_help(RunConfig))
+def train_command(
+    config: Annotated[str, typer.Argument(help="A TOML run config, or a preset name: tiny, shakespeare-cpu, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1.5b.")],
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set model.n_layer=4.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir from its latest checkpoint, exactly.")] = False,
+) -> None:
+    """Pretrain a GPT on token shards."""
+    from scratchlm.train.loop import pretrain
+
+    pretrain(load_config(RunConfig, resolve_config_file(config), overrides or []), resume=resume)
+
+
+@app.command("generate")
+@with_settings(SamplingConfig)
+def generate_command(
+    settings: SamplingConfig,
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory, or a run directory (its latest checkpoint).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; empty starts a new document.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (fewer if the context fills up).")] = 200,
+    num_samples: Annotated[int, typer.Option(help="Independent samples of the same prompt, generated as one batch.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Generate text from a checkpoint with a KV cache, streaming the first sample."""
+    from scratchlm.generate.engine import generate
+    from scratchlm.train.checkpoint import load_model
+    from scratchlm.train.loop import resolve_device
+
+    model, tokenizer, _ = load_model(checkpoint, resolve_device(device))
+    prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
+    stop = [tokenizer.eot_id] if tokenizer.eot_id is not None else []
+    pending = bytearray()
+
+    def stream(sample: int, token: int) -> None:
+        # Print whole characters only: a token can end in the middle of a UTF-8 sequence.
+        if sample == 0 and num_samples == 1:
+            pending.extend(tokenizer.token_bytes(token))
+            text = pending.decode("utf-8", errors="ignore")
+            if text.encode() == bytes(pending):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                pending.clear()
+
+    sys.stdout.write(prompt)
+    outputs = generate(model, prompt_ids, max_new_tokens, settings, seed, stop, num_samples, on_token=stream)
+    if num_samples == 1:
+        sys.stdout.write(pending.decode("utf-8", errors="replace") + "\n")
+    else:
+        for i, ids in enumerate(outputs):
+            sys.stdout.write(f"--- sample {i + 1}\n{prompt}{tokenizer.decode(ids)}\n")
 
 
 def main() -> None:

@@ -275,3 +275,31 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             default = "(required)"
         rows.append((f"{prefix}{f.name}", _type_name(annotation), default, docs.get(f.name, "")))
     return rows
+
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def resolve_config_file(name_or_path: str | Path) -> Path:
+    """A TOML file path, or the name of a preset shipped with scratchlm (`tiny`, `gpt2-124m`, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.toml"
+    if preset.is_file():
+        return preset
+    raise UserError(f"No config file or preset named {str(name_or_path)!r}; pass a TOML path or one of: {', '.join(preset_names())}.")
+
+
+def settings_help(cls: type) -> str:
+    """Every setting of a config class as help text: key, type, default and documentation."""
+    from rich.markup import escape
+
+    paragraphs = [f"[bold]Settings[/bold] (TOML keys, or --set KEY=VALUE): {cls.__name__}"]
+    for key, type_name, default, doc in describe(cls):
+        paragraphs.append(escape(f"{key} ({type_name}, default {default}): {doc}"))
+    return "\n\n".join(paragraphs)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -39,9 +40,23 @@ def info(message: str) -> None:
         console.print(message)
 
 
+class Bar:
+    """A running progress bar: call it to advance, `update(...)` to change its text or total."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress = progress
+        self._task = task
+
+    def __call__(self, n: float = 1) -> None:
+        self._progress.update(self._task, advance=n)
+
+    def update(self, **fields: Any) -> None:
+        self._progress.update(self._task, **fields)
+
+
 @contextmanager
-def progress_bar(description: str, total: float | None, unit: str = "") -> Iterator[callable]:
-    """A progress bar as a context; yields `advance(n)`. Disabled when quiet or not a terminal."""
+def progress_bar(description: str, total: float | None, unit: str = "") -> Iterator[Bar]:
+    """A progress bar as a context; yields a `Bar`. Disabled when quiet."""
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -50,12 +65,7 @@ def progress_bar(description: str, total: float | None, unit: str = "") -> Itera
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, disable=_quiet, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(n: float = 1) -> None:
-            progress.update(task, advance=n)
-
-        yield advance
+        yield Bar(progress, progress.add_task(description, total=total))
 
 
 def track(items: Iterable[T], description: str, total: float | None = None) -> Iterator[T]:

@@ -1,0 +1,98 @@
+"""Autoregressive generation with a KV cache: prefill the prompt once, then one token per step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from scratchlm.errors import UserError
+from scratchlm.generate.sampling import SamplingConfig, sample_next
+from scratchlm.model.gpt import GPT
+from scratchlm.model.kv_cache import KVCache
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: SamplingConfig | None = None,
+    seed: int | None = None,
+    stop_ids: Sequence[int] = (),
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every sequence, (B,), step by step.
+
+    Prompts in one batch must have the same length (several samples of one prompt, typically).
+    A sequence that produced a stop id keeps producing it, so the caller can cut there; the
+    loop ends when every sequence has stopped, after `max_new_tokens`, or at the context limit.
+    `use_cache=False` recomputes the whole sequence at every step: slow, and the reference the
+    cached path is tested against.
+    """
+    sampling = sampling or SamplingConfig()
+    if not prompts or any(len(p) != len(prompts[0]) for p in prompts):
+        raise UserError("Generate takes one or more prompts of the same token length.")
+    if len(prompts[0]) == 0:
+        raise UserError("The prompt is empty; give at least one token (e.g. <|endoftext|>).")
+    device = next(model.parameters()).device
+    context = model.config.block_size
+    if len(prompts[0]) >= context:
+        raise UserError(f"The prompt is {len(prompts[0])} tokens, but the model's context is {context}; shorten the prompt.")
+    max_new_tokens = min(max_new_tokens, context - len(prompts[0]))
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    ids = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = None
+        if use_cache:
+            dtype = next(model.parameters()).dtype
+            c = model.config
+            cache = KVCache(c.n_layer, len(prompts), c.n_kv_head, len(prompts[0]) + max_new_tokens, c.head_dim, device, dtype)
+        step_input = ids
+        for _ in range(max_new_tokens):
+            logits, _ = model(step_input if use_cache else ids, cache=cache)
+            token = sample_next(logits[:, -1, :], sampling, generator, previous=ids)  # (B,)
+            if stops.numel():
+                token = torch.where(stopped, ids[:, -1], token)
+                stopped |= torch.isin(token, stops)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            step_input = token[:, None]
+            yield token
+            if stops.numel() and bool(stopped.all()):
+                break
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: GPT,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    sampling: SamplingConfig | None = None,
+    seed: int | None = None,
+    stop_ids: Sequence[int] = (),
+    num_samples: int = 1,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """New tokens for `num_samples` samples of one prompt, each cut before its first stop id.
+
+    `on_token(sample_index, token_id)` streams tokens as they come (stopped samples are quiet).
+    """
+    outputs: list[list[int]] = [[] for _ in range(num_samples)]
+    done = [False] * num_samples
+    for step_tokens in generate_tokens(model, [list(prompt)] * num_samples, max_new_tokens, sampling, seed, stop_ids):
+        for i, token in enumerate(step_tokens.tolist()):
+            if done[i]:
+                continue
+            if token in stop_ids:
+                done[i] = True
+                continue
+            outputs[i].append(token)
+            if on_token:
+                on_token(i, token)
+    return outputs

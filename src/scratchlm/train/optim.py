@@ -1,0 +1,60 @@
+"""AdamW with weight decay on matrices only, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from scratchlm.errors import UserError
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    lr: float = 6e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr_ratio: float = 0.1
+    """The cosine decay ends at this fraction of the peak learning rate."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to the peak learning rate."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2 (0.95 rather than 0.999 is steadier for language models)."""
+    eps: float = 1e-8
+    """AdamW ε."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to matrices (≥ 2-D parameters) only, not to biases and norms."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise UserError("optim.lr must be positive, optim.min_lr_ratio within [0, 1] and optim.warmup_steps at least 0.")
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW over two groups: ≥ 2-D tensors (decayed) and the rest (not); fused on CUDA."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    options: dict = {}
+    if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        options["fused"] = True
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, **options)
+
+
+def lr_at(step: int, total_steps: int, config: OptimConfig) -> float:
+    """Linear warmup over `warmup_steps`, then cosine decay to `min_lr_ratio · lr` at `total_steps`."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    floor = config.lr * config.min_lr_ratio
+    span = max(1, total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
