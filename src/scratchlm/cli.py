@@ -252,7 +252,7 @@ def generate_command(
                 pending.clear()
 
     sys.stdout.write(prompt)
-    outputs = generate(model, prompt_ids, max_new_tokens, settings, seed, stop, num_samples, on_token=stream)
+    outputs = generate(model, prompt_ids, max_new_tokens, settings, seed, stop, num_samples, on_token=stream, vocab_size=tokenizer.vocab_size)
     if num_samples == 1:
         sys.stdout.write(pending.decode("utf-8", errors="replace") + "\n")
     else:

@@ -21,6 +21,7 @@ def generate_tokens(
     seed: int | None = None,
     stop_ids: Sequence[int] = (),
     use_cache: bool = True,
+    vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), step by step.
 
@@ -28,7 +29,8 @@ def generate_tokens(
     A sequence that produced a stop id keeps producing it, so the caller can cut there; the
     loop ends when every sequence has stopped, after `max_new_tokens`, or at the context limit.
     `use_cache=False` recomputes the whole sequence at every step: slow, and the reference the
-    cached path is tested against.
+    cached path is tested against. `vocab_size` (the tokenizer's) keeps sampling away from the
+    padding rows of an embedding rounded up for speed, which no tokenizer can decode.
     """
     sampling = sampling or SamplingConfig()
     if not prompts or any(len(p) != len(prompts[0]) for p in prompts):
@@ -56,7 +58,7 @@ def generate_tokens(
         step_input = ids
         for _ in range(max_new_tokens):
             logits, _ = model(step_input if use_cache else ids, cache=cache)
-            token = sample_next(logits[:, -1, :], sampling, generator, previous=ids)  # (B,)
+            token = sample_next(logits[:, -1, :vocab_size], sampling, generator, previous=ids)  # (B,)
             if stops.numel():
                 token = torch.where(stopped, ids[:, -1], token)
                 stopped |= torch.isin(token, stops)
@@ -78,6 +80,7 @@ def generate(
     stop_ids: Sequence[int] = (),
     num_samples: int = 1,
     on_token: Callable[[int, int], None] | None = None,
+    vocab_size: int | None = None,
 ) -> list[list[int]]:
     """New tokens for `num_samples` samples of one prompt, each cut before its first stop id.
 
@@ -85,7 +88,7 @@ def generate(
     """
     outputs: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
-    for step_tokens in generate_tokens(model, [list(prompt)] * num_samples, max_new_tokens, sampling, seed, stop_ids):
+    for step_tokens in generate_tokens(model, [list(prompt)] * num_samples, max_new_tokens, sampling, seed, stop_ids, vocab_size=vocab_size):
         for i, token in enumerate(step_tokens.tolist()):
             if done[i]:
                 continue

@@ -191,7 +191,7 @@ def pretrain(config: RunConfig, resume: bool = False) -> dict[str, Any]:
         if tc.sample_tokens <= 0:
             return None
         with autocast:
-            new = generate(model, prompt_ids, tc.sample_tokens, SamplingConfig(temperature=0.8, top_k=200), seed=tc.seed, stop_ids=[tokenizer.eot_id])[0]
+            new = generate(model, prompt_ids, tc.sample_tokens, SamplingConfig(temperature=0.8, top_k=200), seed=tc.seed, stop_ids=[tokenizer.eot_id], vocab_size=tokenizer.vocab_size)[0]
         text = tokenizer.decode(new)
         with (out_dir / "samples.md").open("a") as f:
             f.write(f"## step {at_step}\n\n```\n{tokenizer.decode(prompt_ids) if tc.sample_prompt else ''}{text}\n```\n\n")

@@ -15,8 +15,10 @@ GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "
 
 def measure_matmul_peak(dtype: torch.dtype = torch.bfloat16, size: int = 2048, seconds: float = 0.5) -> float:
     """FLOP/s of a square matmul on the CPU, the practical peak MFU is measured against here."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    # A private generator: drawing from the global one would change a resumed run's dropout.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, generator=generator)
     a @ b  # warm up the kernel choice and caches
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
