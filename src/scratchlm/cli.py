@@ -19,6 +19,7 @@ from scratchlm.config import deep_update, describe, from_dict, load_config, merg
 from scratchlm.console import console, set_quiet
 from scratchlm.errors import UserError
 from scratchlm.generate.sampling import SamplingConfig
+from scratchlm.speedrun import SpeedrunConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig
 from scratchlm.train.loop import RunConfig
 
@@ -61,8 +62,9 @@ def _option_type(annotation: Any) -> Any:
     return Optional[annotation]
 
 
-def with_settings(cls: type) -> typing.Callable:
-    """Give a command one `--flag` per field of `cls`, plus `--config FILE` and `--set KEY=VALUE`.
+def with_settings(cls: type, file_and_set: bool = True) -> typing.Callable:
+    """Give a command one `--flag` per field of `cls`, plus `--config FILE` and `--set KEY=VALUE`
+    (unless `file_and_set` is false, for a command whose `--set` means something else).
 
     Precedence: defaults < TOML file < flags < `--set`. The command receives `settings`, a
     validated `cls` instance. The flags' help text is each field's docstring.
@@ -81,13 +83,14 @@ def with_settings(cls: type) -> typing.Callable:
         for f, (_, _, default, doc) in zip(fields, describe(cls)):
             option = typer.Option(f"--{f.name.replace('_', '-')}", help=f"{doc} [dim]\\[default: {escape(default)}][/dim]", rich_help_panel="Settings", show_default=False)
             extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(hints[f.name]), option]))
-        extra.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help="A TOML file of settings (flags and --set override it).", rich_help_panel="Settings")]))
-        extra.append(inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE (repeatable).", rich_help_panel="Settings")]))
+        if file_and_set:
+            extra.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help="A TOML file of settings (flags and --set override it).", rich_help_panel="Settings")]))
+            extra.append(inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE (repeatable).", rich_help_panel="Settings")]))
 
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
-            config_file = kwargs.pop("config_file")
-            overrides = kwargs.pop("overrides") or []
+            config_file = kwargs.pop("config_file") if file_and_set else None
+            overrides = (kwargs.pop("overrides") or []) if file_and_set else []
             flags = {}
             for f in fields:
                 value = kwargs.pop(f.name)
@@ -205,6 +208,21 @@ def tokenizer_stats(
         console.print(measure(tok, list(input or []), corpus))
 
 
+# ---- the main job -----------------------------------------------------------------------------
+
+
+@app.command("speedrun", epilog=settings_help(RunConfig))
+@with_settings(SpeedrunConfig, file_and_set=False)
+def speedrun_command(
+    settings: SpeedrunConfig,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the model/training preset, KEY=VALUE with a dotted key (repeatable), e.g. --set model.n_layer=4.")] = None,
+) -> None:
+    """The whole chain on the default corpus: corpus → tokenizer → shards → pretrain → eval → samples → report.md."""
+    from scratchlm.speedrun import speedrun
+
+    speedrun(settings, overrides or [])
+
+
 # ---- training and generation ----------------------------------------------------------------
 
 
@@ -237,6 +255,8 @@ def generate_command(
     from scratchlm.train.loop import resolve_device
 
     model, tokenizer, _ = load_model(checkpoint, resolve_device(device))
+    if not prompt and tokenizer.eot_id is None:
+        raise UserError("The prompt is empty and this tokenizer has no <|endoftext|> to start from; pass --prompt TEXT.")
     prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
     stop = [tokenizer.eot_id] if tokenizer.eot_id is not None else []
     pending = bytearray()

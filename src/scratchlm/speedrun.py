@@ -1,0 +1,203 @@
+"""`scratchlm speedrun`: the whole chain on the default corpus, with a report.
+
+corpus → cleaned documents → tokenizer (trained on the training plays only) → shards (whole
+plays held out, both spellings) → pretraining within a time budget → evaluation on the whole
+validation split → samples → report.md with loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm import __version__
+from scratchlm.config import load_config, resolve_config_file, to_dict
+from scratchlm.console import info
+from scratchlm.errors import UserError
+
+
+@dataclass
+class SpeedrunConfig:
+    """The speedrun's own settings (the model and loop come from the preset)."""
+
+    out_dir: str = "runs/speedrun"
+    """Run directory: documents, tokenizer/, shards/, train/ (metrics, checkpoints), report.md."""
+    preset: str = "cpu"
+    """cpu: the shakespeare-cpu model, sized for a few CPU cores; gpu: shakespeare-gpu, a larger model with bf16 and torch.compile."""
+    vocab_size: int = 8192
+    """Tokenizer vocabulary size."""
+    val_works: list[str] = field(default_factory=lambda: ["hamlet_gut", "tempest_gut", "julius_caesar_gut", "twelfth_night_gut"])
+    """Plays held out for validation, by the id of their modern-spelling text; their First Folio texts are held out with them."""
+    train_minutes: float = 10.0
+    """Training time budget; the learning-rate schedule is fitted to the steps that fit."""
+    sample_tokens: int = 200
+    """Tokens per sample in the report."""
+    prompts: list[str] = field(default_factory=lambda: ["ROMEO.\n", "HAMLET.\nTo be, or not to be", "Enter the KING"])
+    """Prompts for the report's samples."""
+
+
+PRESETS = {"cpu": "shakespeare-cpu", "gpu": "shakespeare-gpu"}
+
+
+class Stopwatch:
+    """Wall time per stage, in order."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    def run(self, name: str, function, *args, **kwargs):
+        info(f"[bold]== {name}")
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        self.stages[name] = time.perf_counter() - started
+        return result
+
+
+def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path:
+    """Run every stage and return the path of report.md."""
+    from scratchlm.data.clean import CleanStats, clean_text
+    from scratchlm.data.corpus import corpus_documents, fetch
+    from scratchlm.data.documents import Document
+    from scratchlm.data.loader import TokenLoader
+    from scratchlm.data.shards import ShardConfig, write_shards
+    from scratchlm.eval.perplexity import evaluate, token_byte_lengths
+    from scratchlm.generate.engine import generate
+    from scratchlm.generate.sampling import SamplingConfig
+    from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
+    from scratchlm.train.checkpoint import load_model
+    from scratchlm.train.loop import RunConfig, pretrain, resolve_device, resolve_dtype
+    from scratchlm.train.metrics import read_metrics
+
+    if config.preset not in PRESETS:
+        raise UserError(f"Unknown speedrun preset {config.preset!r}; choose one of: {', '.join(PRESETS)}.")
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Stopwatch()
+    started = time.perf_counter()
+
+    clock.run("fetch corpus", fetch, "shakespeare")
+    clean_stats = CleanStats()
+
+    def load_documents() -> list[Document]:
+        documents = [Document(d.id, clean_text(d.text, d.id, clean_stats), d.meta) for d in corpus_documents("shakespeare")]
+        works = {d.meta["work"] for d in documents}
+        unknown = sorted(set(config.val_works) - works)
+        if unknown:
+            raise UserError(f"Unknown val_works {unknown}; use ids of modern-spelling texts such as {sorted(works)[:3]}.")
+        return [d for d in documents if d.text]
+
+    documents = clock.run("documents", load_documents)
+    train_documents = [d for d in documents if d.meta["work"] not in config.val_works]
+    val_documents = [d for d in documents if d.meta["work"] in config.val_works]
+    tokenizer = clock.run("tokenizer", train_from_texts, [d.text for d in train_documents], TokenizerTrainConfig(vocab_size=config.vocab_size), "shakespeare")
+    tokenizer.save(out / "tokenizer")
+    manifest = clock.run("shards", write_shards, documents, tokenizer, out / "shards", ShardConfig(val_key="work", val_keys=list(config.val_works)))
+
+    run_config = load_config(RunConfig, resolve_config_file(PRESETS[config.preset]), overrides or [], base={
+        "data": {"shards": str(out / "shards"), "tokenizer": str(out / "tokenizer")},
+        "train": {"out_dir": str(out / "train"), "time_budget_s": config.train_minutes * 60},
+    })
+    # The speedrun owns where things go; a preset's own paths would point elsewhere.
+    run_config.data.shards, run_config.data.tokenizer, run_config.train.out_dir = str(out / "shards"), str(out / "tokenizer"), str(out / "train")
+    result = clock.run("pretrain", pretrain, run_config)
+
+    device = resolve_device(run_config.train.device)
+    model, tokenizer, meta = load_model(out / "train", device)
+    dtype = resolve_dtype(run_config.train.dtype, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
+
+    def full_eval() -> dict[str, float]:
+        loader = TokenLoader(out / "shards", "val", run_config.train.micro_batch_size, model.config.block_size, mode="sequential", device=device)
+        return evaluate(model, (loader.next_batch() for _ in range(loader.batches_per_epoch)), token_byte_lengths(tokenizer, model.config.vocab_size, device), autocast)
+
+    final = clock.run("evaluate", full_eval)
+
+    def make_samples() -> list[tuple[str, str]]:
+        samples = []
+        for i, prompt in enumerate(config.prompts):
+            with autocast:
+                ids = generate(model, tokenizer.encode_ordinary(prompt), config.sample_tokens, SamplingConfig(temperature=0.8, top_k=200), seed=i, stop_ids=[tokenizer.eot_id], vocab_size=tokenizer.vocab_size)[0]
+            samples.append((prompt, tokenizer.decode(ids)))
+        return samples
+
+    samples = clock.run("samples", make_samples)
+    metrics = read_metrics(out / "train" / "metrics.jsonl")
+    clock.stages["total"] = time.perf_counter() - started
+    summary = {
+        "version": __version__,
+        "stages_s": clock.stages,
+        "documents": {"total": len(documents), "train": len(train_documents), "val": len(val_documents), "val_works": list(config.val_works)},
+        "cleaning": {k: v for k, v in vars(clean_stats).items() if k != "changed_ids"},
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "hash": tokenizer.hash},
+        "shards": {split: {k: manifest["splits"][split][k] for k in ("tokens", "documents", "bytes")} for split in ("train", "val")},
+        "model": {"parameters": result["num_params"], "flops_per_token": result["flops_per_token"], "config": to_dict(model.config)},
+        "training": {k: result[k] for k in ("step", "tokens", "wall_s", "peak_flops")},
+        "eval": final,
+        "samples": samples,
+    }
+    train_lines = [r for r in metrics if "tokens_per_s" in r]
+    summary["training"]["tokens_per_s"] = sum(r["tokens_per_s"] for r in train_lines[1:]) / max(1, len(train_lines) - 1) if train_lines else 0.0
+    summary["training"]["mfu"] = sum(r["mfu"] for r in train_lines[1:]) / max(1, len(train_lines) - 1) if train_lines else 0.0
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return write_speedrun_report(out, summary, metrics)
+
+
+def write_speedrun_report(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> Path:
+    from scratchlm.report import markdown_table, plot_losses
+
+    plot_losses(metrics, out / "loss.png")
+    s = summary
+    train, val = s["shards"]["train"], s["shards"]["val"]
+    lines = [
+        "# scratchlm speedrun",
+        "",
+        f"scratchlm {s['version']}, torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "",
+        "## Result",
+        "",
+        markdown_table([
+            ("validation loss", f"{s['eval']['loss']:.4f} nats per token"),
+            ("validation perplexity", f"{s['eval']['perplexity']:.2f}"),
+            ("validation bits per byte", f"{s['eval']['bpb']:.4f}"),
+            ("validation tokens", f"{s['eval']['tokens']:,}"),
+            ("model", f"{s['model']['parameters'] / 1e6:.2f} M parameters, {s['model']['flops_per_token'] / 1e6:.1f} MFLOP per token"),
+            ("training", f"{s['training']['step']} steps, {s['training']['tokens']:,} tokens in {s['training']['wall_s']:.0f} s"),
+            ("throughput", f"{s['training']['tokens_per_s']:,.0f} tokens/s, MFU {s['training']['mfu']:.1%} of {s['training']['peak_flops'] / 1e9:.0f} GFLOP/s"),
+        ], ("", "")),
+        "",
+        "![loss curves](loss.png)",
+        "",
+        "## Data",
+        "",
+        f"{s['documents']['total']} documents (plays and poems, modern and First Folio spelling); "
+        f"held out for validation: {', '.join(s['documents']['val_works'])} with their Folio texts ({s['documents']['val']} documents). "
+        f"The tokenizer was trained on the training documents only.",
+        "",
+        markdown_table([
+            ("train", f"{train['documents']} documents, {train['bytes']:,} bytes, {train['tokens']:,} tokens ({train['bytes'] / train['tokens']:.2f} bytes per token)"),
+            ("validation", f"{val['documents']} documents, {val['bytes']:,} bytes, {val['tokens']:,} tokens ({val['bytes'] / val['tokens']:.2f} bytes per token)"),
+            ("tokenizer", f"{s['tokenizer']['vocab_size']:,} tokens, hash {s['tokenizer']['hash'][:12]}"),
+            ("cleaning", ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in s["cleaning"].items())),
+        ], ("split", "")),
+        "",
+        "## Wall time per stage",
+        "",
+        markdown_table([(name, f"{seconds:.1f} s") for name, seconds in s["stages_s"].items()], ("stage", "time")),
+        "",
+        "## Samples",
+        "",
+    ]
+    for prompt, text in s["samples"]:
+        lines += [f"**Prompt** `{prompt!r}`", "", "```", prompt + text, "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    info(f"report: {path}")
+    return path
