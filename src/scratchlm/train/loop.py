@@ -225,7 +225,22 @@ def pretrain(config: RunConfig, resume: bool = False) -> dict[str, Any]:
         state = {"optimizer": optimizer.state_dict(), "loader": train_loader.state_dict(), "rng": rng_state(), "horizon": horizon, "elapsed_s": elapsed_before + (time.perf_counter() - started)}
         save_checkpoint(out_dir, at_step, model, tokenizer, {"tokens_seen": tokens_seen, "metrics": record, "run_config": to_dict(config)}, state, keep=tc.keep_checkpoints)
 
+    def fit_horizon() -> None:
+        """Fit the schedule's length to the time budget: with p seconds per step (steps after the
+        first, which warms up), e per evaluation and E steps between evaluations, the H - s
+        remaining steps cost (H - s)·p + ((H - s)/E + 1)·e, the final evaluation included.
+        Refitted after each evaluation, when e is known."""
+        nonlocal horizon
+        measured = step_times[1:] if len(step_times) > 1 else step_times
+        per_step = sum(measured[-20:]) / len(measured[-20:])
+        remaining = tc.time_budget_s - (elapsed_before + time.perf_counter() - started)
+        per_eval_step = eval_seconds / tc.eval_every if tc.eval_every else 0.0
+        fits = step + int((remaining - eval_seconds) / (per_step + per_eval_step))
+        horizon = max(step + 1, min(tc.max_steps, fits))
+        bar.update(total=horizon)
+
     last_eval: dict[str, float] = {}
+    eval_seconds = 0.0
     started = time.perf_counter()
     window_started, window_tokens = time.perf_counter(), 0
     step_times: list[float] = []
@@ -234,12 +249,16 @@ def pretrain(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     with progress_bar("training", total=horizon) as bar:
         bar(step)
         while step < horizon:
-            if tc.time_budget_s and elapsed_before + time.perf_counter() - started > tc.time_budget_s:
+            if tc.time_budget_s and elapsed_before + time.perf_counter() - started > tc.time_budget_s - eval_seconds:
                 info(f"time budget of {tc.time_budget_s:.0f} s reached at step {step}")
                 break
             if tc.eval_every and step % tc.eval_every == 0 and step > 0:
+                eval_started = time.perf_counter()
                 last_eval = run_eval()
-                metrics.log({"step": step, "tokens": tokens_seen, **{f"val_{k}": v for k, v in last_eval.items()}, "sample": sample(step)})
+                metrics.log({"step": step, "tokens": tokens_seen, **{f"val_{k}": v for k, v in last_eval.items()}, "sample": sample(step), "elapsed_s": elapsed_before + time.perf_counter() - started})
+                eval_seconds = time.perf_counter() - eval_started
+                if tc.time_budget_s:
+                    fit_horizon()
 
             step_started = time.perf_counter()
             lr = lr_at(step, horizon, config.optim)
@@ -264,14 +283,9 @@ def pretrain(config: RunConfig, resume: bool = False) -> dict[str, Any]:
             window_tokens += tc.batch_tokens
             step_times.append(time.perf_counter() - step_started)
 
-            if tc.time_budget_s and len(step_times) == 6 and not resume:
-                # Fit the schedule to the time budget from the speed of steps 2-6 (step 1 warms up),
-                # leaving a tenth of the budget for evaluations.
-                per_step = sum(step_times[1:]) / 5
-                fits = step + int((tc.time_budget_s * 0.9 - (time.perf_counter() - started)) / per_step)
-                horizon = max(step + 1, min(tc.max_steps, fits))
-                bar.update(total=horizon)
-                info(f"time budget {tc.time_budget_s:.0f} s: training for {horizon} steps ({per_step:.2f} s/step)")
+            if tc.time_budget_s and len(step_times) == 6:
+                fit_horizon()
+                info(f"time budget {tc.time_budget_s:.0f} s: about {horizon} steps ({sum(step_times[1:]) / 5:.2f} s/step)")
 
             if step % tc.log_every == 0 or step == horizon:
                 now = time.perf_counter()
@@ -286,7 +300,7 @@ def pretrain(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                 checkpoint_now(step, record)
 
     last_eval = run_eval()
-    final = {"step": step, "tokens": tokens_seen, **{f"val_{k}": v for k, v in last_eval.items()}, "sample": sample(step)}
+    final = {"step": step, "tokens": tokens_seen, **{f"val_{k}": v for k, v in last_eval.items()}, "sample": sample(step), "elapsed_s": elapsed_before + time.perf_counter() - started}
     metrics.log(final)
     checkpoint_now(step, final)
     info(f"step {step}: val loss {last_eval['loss']:.4f}, perplexity {last_eval['perplexity']:.2f}, {last_eval['bpb']:.4f} bits per byte")

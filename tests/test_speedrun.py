@@ -1,0 +1,33 @@
+"""The main job end to end on the real default corpus, with a tiny model and a short budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scratchlm.data.corpus import CORPORA, cache_dir
+from scratchlm.speedrun import SpeedrunConfig, speedrun
+
+
+def test_speedrun_end_to_end(tmp_path: Path) -> None:
+    if not (cache_dir() / "corpora" / CORPORA["shakespeare"].filename).is_file():
+        pytest.skip("default corpus not in cache; run `scratchlm data fetch shakespeare` (tests never download)")
+    config = SpeedrunConfig(out_dir=str(tmp_path), vocab_size=512, train_minutes=0.1, sample_tokens=8, prompts=["ROMEO."])
+    overrides = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32", "train.batch_tokens=512", "train.micro_batch_size=16", "train.eval_every=5", "train.eval_tokens=512", "train.max_steps=10"]
+    report = speedrun(config, overrides)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # Whole plays are held out: every validation document is one of the chosen works.
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert sorted(manifest["split_rule"]["val_groups"]) == sorted(config.val_works)
+    assert summary["documents"]["val"] == manifest["splits"]["val"]["documents"]
+    assert summary["documents"]["train"] + summary["documents"]["val"] == summary["documents"]["total"] == 77
+    assert summary["training"]["step"] == 10
+    assert 0 < summary["eval"]["bpb"] < 10 and summary["eval"]["tokens"] > 100_000
+    text = report.read_text()
+    for heading in ("## Result", "## Data", "## Wall time per stage", "## Samples", "loss.png"):
+        assert heading in text
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
