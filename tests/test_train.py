@@ -125,3 +125,23 @@ def test_killed_run_resumes_exactly(synthetic_shards: Path, tmp_path: Path) -> N
     expected = strip_timing(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
     assert strip_timing(read_metrics(killed / "metrics.jsonl")) == expected
     assert len([r for r in expected if "loss" in r]) == 150
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(synthetic_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scratchlm.model.gpt import GPT
+
+    forward = GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None, cache=None):
+        logits, loss = forward(self, idx, targets, cache)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] > 2 * 5:  # two micro-batches per step: steps 1-5 are healthy
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(UserError, match=r"loss became nan at step 5.*step_0000004"):
+        pretrain(tiny(synthetic_shards, tmp_path, "train.checkpoint_every=2", "train.eval_every=0"))
+    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step_0000002", "step_0000004"]

@@ -13,7 +13,7 @@ import torch
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12}
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.bfloat16, size: int = 2048, seconds: float = 0.5) -> float:
+def measure_matmul_peak(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds: float = 0.5) -> float:
     """FLOP/s of a square matmul on the CPU, the practical peak MFU is measured against here."""
     # A private generator: drawing from the global one would change a resumed run's dropout.
     generator = torch.Generator().manual_seed(0)
