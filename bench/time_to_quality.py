@@ -24,8 +24,8 @@ split, so they compare across tokenizers, including nanoGPT's character-level on
 
 Times: "elapsed" is the loop's own clock (`elapsed_s` of the training line of the evaluated
 step), which counts the periodic evaluations and samples that ran before it, because the time
-budget does too. The metrics' evaluation lines carry step and tokens but no `elapsed_s`, so
-their time is taken from the training line logged at the same step (the closest one if a
+budget does too. An evaluation line's own `elapsed_s` is taken after the evaluation, so the
+time a quality was reached is the training line logged at the same step (the closest one if a
 `--set train.log_every` makes that step unlogged; the table says so). "train only" subtracts the
 time of the earlier evaluations, measured by a timer wrapped around the loop's `evaluate` and
 `generate` (the loop itself is not changed).
@@ -119,7 +119,7 @@ def prepare(text: str, out: Path, vocab: int) -> dict[str, Any]:
 
 def evaluations(metrics: list[dict[str, Any]], eval_seconds: list[float]) -> list[dict[str, Any]]:
     """Each evaluation line with the loop's elapsed time at its step and the time less earlier evaluations."""
-    train_lines = [r for r in metrics if "elapsed_s" in r]
+    train_lines = [r for r in metrics if "loss" in r]
     eval_lines = [r for r in metrics if "val_bpb" in r]
     rows = []
     for i, record in enumerate(eval_lines):
@@ -178,7 +178,7 @@ def main() -> None:
 
     metrics = read_metrics(out / "run" / "metrics.jsonl")
     rows = evaluations(metrics, timer.seconds)
-    train_lines = [r for r in metrics if "elapsed_s" in r]
+    train_lines = [r for r in metrics if "loss" in r]
     last_lr = train_lines[-1]["lr"] if train_lines else float("nan")
     min_lr = config.optim.lr * config.optim.min_lr_ratio
     tc = config.train

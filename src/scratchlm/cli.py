@@ -259,10 +259,11 @@ def generate_command(
         raise UserError("The prompt is empty and this tokenizer has no <|endoftext|> to start from; pass --prompt TEXT.")
     prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
     stop = [tokenizer.eot_id] if tokenizer.eot_id is not None else []
-    pending = bytearray()
+    pending = bytearray(prompt.encode()) if num_samples == 1 else bytearray()
 
     def stream(sample: int, token: int) -> None:
-        # Print whole characters only: a token can end in the middle of a UTF-8 sequence.
+        # Print whole characters only: a token can end in the middle of a UTF-8 sequence. The
+        # prompt goes out with the first token, so a prompt the model rejects prints nothing.
         if sample == 0 and num_samples == 1:
             pending.extend(tokenizer.token_bytes(token))
             text = pending.decode("utf-8", errors="ignore")
@@ -271,7 +272,6 @@ def generate_command(
                 sys.stdout.flush()
                 pending.clear()
 
-    sys.stdout.write(prompt)
     outputs = generate(model, prompt_ids, max_new_tokens, settings, seed, stop, num_samples, on_token=stream, vocab_size=tokenizer.vocab_size)
     if num_samples == 1:
         sys.stdout.write(pending.decode("utf-8", errors="replace") + "\n")
