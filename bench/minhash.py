@@ -27,29 +27,20 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from racing import race  # bench/racing.py: python puts the script's folder on sys.path
 
-from scratchlm.data.dedup import MinHashConfig, MinHasher, cluster_roots, lsh_probability, normalize_text
+from scratchlm.data.dedup import (
+    MinHashConfig,
+    MinHasher,
+    cluster_roots,
+    lsh_probability,
+    normalize_text,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def race(ours: Callable[[], object], reference: Callable[[], object], rounds: int) -> tuple[float, object, float, object]:
-    """Best time and result of each, run alternately so both see the same machine state.
-
-    The best of several rounds is the run least disturbed by other load on a shared machine.
-    """
-    best = [float("inf"), float("inf")]
-    results: list[object] = [None, None]
-    for _ in range(rounds):
-        for i, function in enumerate((ours, reference)):
-            started = time.perf_counter()
-            results[i] = function()
-            best[i] = min(best[i], time.perf_counter() - started)
-    return best[0], results[0], best[1], results[1]
 
 
 def pieces(text: str, size: int = 1000) -> list[str]:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-from collections.abc import Callable
 
 import tiktoken
+from racing import race  # bench/racing.py: python puts the script's folder on sys.path
 
 from scratchlm.console import set_quiet
 from scratchlm.data.corpus import corpus_documents
@@ -28,21 +27,6 @@ from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
 
 HELD_OUT_WORKS = ("hamlet_gut", "tempest_gut", "sonnets_gut", "julius_caesar_gut")
-
-
-def race(ours: Callable[[], object], reference: Callable[[], object], rounds: int) -> tuple[float, object, float, object]:
-    """Best time and result of each, run alternately so both see the same machine state.
-
-    The best of several rounds is the run least disturbed by other load on a shared machine.
-    """
-    best = [float("inf"), float("inf")]
-    results: list[object] = [None, None]
-    for _ in range(rounds):
-        for i, function in enumerate((ours, reference)):
-            started = time.perf_counter()
-            results[i] = function()
-            best[i] = min(best[i], time.perf_counter() - started)
-    return best[0], results[0], best[1], results[1]
 
 
 def train_hf(texts: list[str], vocab_size: int):

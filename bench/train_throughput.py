@@ -70,7 +70,15 @@ from scratchlm.data.shards import ShardConfig, write_shards
 from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.tokenizer.tokenizer import EOT
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
-from scratchlm.train.loop import DataConfig, RunConfig, TrainConfig, _autocast, cpu_bf16_is_faster, pretrain, resolve_dtype
+from scratchlm.train.loop import (
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    _autocast,
+    cpu_bf16_is_faster,
+    pretrain,
+    resolve_dtype,
+)
 from scratchlm.train.metrics import measure_matmul_peak, read_metrics
 from scratchlm.train.optim import OptimConfig, lr_at, make_optimizer
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections import Counter
 
 import regex
+from conftest import synthetic_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import synthetic_text
-from scratchlm.tokenizer.bpe import PATTERNS, count_chunks, learn_merges, merges_to_ranks, split_pieces
+from scratchlm.tokenizer.bpe import (
+    PATTERNS,
+    count_chunks,
+    learn_merges,
+    merges_to_ranks,
+    split_pieces,
+)
 
 
 def naive_merges(chunk_counts: dict[bytes, int], num_merges: int) -> list[tuple[int, int]]:

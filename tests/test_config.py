@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from scratchlm.config import describe, field_docs, from_dict, load_config, parse_override, to_dict
+from scratchlm.config import (
+    describe,
+    field_docs,
+    from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+)
 from scratchlm.errors import UserError
 
 

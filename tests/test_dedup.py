@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import WORDS, synthetic_text
+
 from scratchlm.config import field_docs, from_dict
 from scratchlm.data import dedup
 from scratchlm.data.dedup import (

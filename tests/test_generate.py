@@ -5,19 +5,17 @@ checkpoints and the CLI round-tripped through disk and a real subprocess."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_text
 from safetensors import safe_open
 
-from conftest import synthetic_text
 from scratchlm.errors import UserError
 from scratchlm.generate.engine import generate, generate_tokens
 from scratchlm.generate.sampling import SamplingConfig, sample_next

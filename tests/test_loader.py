@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import synthetic_text
+
 from scratchlm.data.documents import Document
 from scratchlm.data.loader import TokenLoader
 from scratchlm.data.shards import ShardConfig, open_shard, split_files, write_shards

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_text
+
 from scratchlm.data.documents import Document
 from scratchlm.data.shards import (
     HEADER_BYTES,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import tiktoken
 import tiktoken.load
+from conftest import shared_file, synthetic_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_file, synthetic_text
 from scratchlm.errors import UserError
 from scratchlm.tokenizer.bpe import PATTERNS
 from scratchlm.tokenizer.formats import derive_merges, load_gpt2_files, load_hf_json

@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import shared_file, synthetic_text
+
 from scratchlm.config import load_config, resolve_config_file
 from scratchlm.data.documents import Document
 from scratchlm.data.shards import ShardConfig, write_shards
 from scratchlm.errors import UserError
+from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
 from scratchlm.train.loop import RunConfig, pretrain
 from scratchlm.train.metrics import read_metrics
 from scratchlm.train.optim import OptimConfig, lr_at
-from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
 
 CLI = [sys.executable, "-c", "from scratchlm.cli import main; main()"]
 # Fields that measure the machine, not the computation.

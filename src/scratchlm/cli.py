@@ -11,11 +11,19 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-
-from scratchlm import __version__
 from rich.markup import escape
 
-from scratchlm.config import deep_update, describe, from_dict, load_config, merge_overrides, read_toml, resolve_config_file, settings_help
+from scratchlm import __version__
+from scratchlm.config import (
+    deep_update,
+    describe,
+    from_dict,
+    load_config,
+    merge_overrides,
+    read_toml,
+    resolve_config_file,
+    settings_help,
+)
 from scratchlm.console import console, set_quiet
 from scratchlm.errors import UserError
 from scratchlm.generate.sampling import SamplingConfig

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from scratchlm.console import info, progress_bar
 from scratchlm.errors import UserError
-from scratchlm.tokenizer.bpe import PATTERNS, count_chunks, learn_merges, merges_to_ranks
+from scratchlm.tokenizer.bpe import (
+    PATTERNS,
+    count_chunks,
+    learn_merges,
+    merges_to_ranks,
+)
 from scratchlm.tokenizer.tokenizer import EOT, Tokenizer
 
 

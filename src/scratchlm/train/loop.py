@@ -27,7 +27,15 @@ from scratchlm.eval.perplexity import evaluate, token_byte_lengths
 from scratchlm.generate.engine import generate
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.model.gpt import GPT, GPTConfig
-from scratchlm.train.checkpoint import latest_checkpoint, load_train_state, load_weights, read_meta, rng_state, save_checkpoint, set_rng_state
+from scratchlm.train.checkpoint import (
+    latest_checkpoint,
+    load_train_state,
+    load_weights,
+    read_meta,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from scratchlm.train.metrics import MetricsLog, peak_flops
 from scratchlm.train.optim import OptimConfig, lr_at, make_optimizer
 
