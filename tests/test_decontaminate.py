@@ -64,7 +64,7 @@ def test_drop_mode_removes_planted_passage_and_reports_it(tmp_path):
     assert match["benchmark_item"] == "bench.jsonl:q1"
     assert match["benchmark_file"] == str(path)
     assert match["ngram_example"].lower() in PASSAGE.lower()
-    assert step.report()["index"]["items"] == 2
+    assert step.details()["index"]["items"] == 2
 
 
 def test_cut_mode_removes_window_and_keeps_long_pieces(tmp_path):

@@ -26,6 +26,7 @@ from scratchlm.config import (
 )
 from scratchlm.console import console, set_quiet
 from scratchlm.errors import UserError
+from scratchlm.data.prepare import PrepareConfig
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.speedrun import SpeedrunConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig
@@ -129,6 +130,23 @@ def data_fetch(
     from scratchlm.data.corpus import fetch
 
     print(fetch(name, cache_dir))
+
+
+@data_app.command("prepare", epilog=settings_help(PrepareConfig))
+def data_prepare(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the documents (and shards/ with --tokenizer).")],
+    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Text files, directories, JSONL(.zst/.gz) or Parquet files (repeatable).")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="Also read a known corpus by name (e.g. shakespeare), fetched if missing.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file of pipeline settings (see the list below).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set langid.min_score=0.8.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Also tokenize the kept documents into OUTPUT/shards with this tokenizer.")] = None,
+    keep_removed: Annotated[bool, typer.Option(help="Also write the removed documents with their reasons (removed_*.jsonl.zst).")] = False,
+) -> None:
+    """Clean, language-filter, quality-filter, deduplicate and decontaminate documents; every removal is counted with its reason in manifest.json."""
+    from scratchlm.data.prepare import prepare
+
+    settings = load_config(PrepareConfig, config, overrides or [])
+    prepare(list(input or []), output, settings, corpus=corpus, tokenizer_path=tokenizer, keep_removed=keep_removed)
 
 
 # ---- tokenizer ------------------------------------------------------------------------------

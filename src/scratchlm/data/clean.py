@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+from scratchlm.data.documents import Document
+from scratchlm.data.pipeline import Step
 
 # C0/C1 control characters except tab and newline (carriage returns are handled as line endings).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -56,3 +61,26 @@ def clean_text(text: str, doc_id: str = "", stats: CleanStats | None = None) -> 
         if controls or had_start or had_end:
             stats.changed_ids.append(doc_id)
     return text
+
+
+class CleanStep(Step):
+    """`clean_text` as a pipeline step; a document left with no text is removed."""
+
+    name = "clean"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clean_stats = CleanStats()
+
+    def run(self, documents: Iterable[Document]) -> Iterator[Document]:
+        for document in documents:
+            self.stats.read += 1
+            text = clean_text(document.text, document.id, self.clean_stats)
+            if not text:
+                self.remove(document, "empty_after_cleaning")
+                continue
+            self.stats.kept += 1
+            yield Document(document.id, text, document.meta)
+
+    def details(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self.clean_stats).items() if k != "changed_ids"}

@@ -309,7 +309,7 @@ class Decontaminate(Step):
         self.contaminated_documents = 0
         self.pieces_out = 0
 
-    def report(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
         """Everything for the manifest: index size, counts and the listed matches."""
         return {
             "index": self.index.summary(),

@@ -169,6 +169,9 @@ class ExactDedup(Step):
 
 # ---- MinHash signatures -------------------------------------------------------------------------
 
+    def details(self) -> dict[str, Any]:
+        return {"duplicates": len(self.duplicates), "examples": dict(list(self.duplicates.items())[:20])}
+
 
 @dataclass
 class MinHashConfig:
@@ -520,6 +523,10 @@ class MinHashDedup(Step):
                         self.remove(document, "near_duplicate")
                     index += 1
             self.clusters.extend(clusters.values())
+
+    def details(self) -> dict[str, Any]:
+        sizes = [len(cluster) for cluster in self.clusters]
+        return {"clusters": len(self.clusters), "documents_in_clusters": sum(sizes), "largest_cluster": max(sizes, default=0), "examples": self.clusters[:20]}
 
 
 class _DocumentBuffer:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -506,6 +506,9 @@ class C4Filter(Step):
 
 
 # ---- FineWeb --------------------------------------------------------------------------------
+
+    def details(self) -> dict[str, Any]:
+        return {"lines": self.line_stats.as_dict()}
 
 
 @dataclass

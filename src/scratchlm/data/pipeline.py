@@ -47,6 +47,10 @@ class Step:
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
         raise NotImplementedError
 
+    def details(self) -> dict[str, Any]:
+        """What the manifest should show beyond the counts (duplicate clusters, matches, ...)."""
+        return {}
+
 
 class Filter(Step):
     """A step that keeps or removes each document on its own; subclasses implement `reason`."""

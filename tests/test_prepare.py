@@ -1,0 +1,81 @@
+"""`data prepare` end to end: every document is either written or counted with its reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_text
+from scratchlm.data.documents import ReadStats, read_documents
+from scratchlm.data.prepare import PrepareConfig, prepare
+from scratchlm.errors import UserError
+from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
+
+pytest.importorskip("fasttext", reason="language ID needs the data extra (pip install scratchlm[data])")
+
+ENGLISH = (
+    "The committee met on a quiet morning to review the plans for the new library. Everyone agreed that the "
+    "reading rooms should face the river, and that the children's section needed more light. After a long "
+    "discussion about the budget, they decided to ask the city for a small grant. The architect promised to "
+    "return with revised drawings within two weeks, and the meeting ended with coffee and cake for all."
+)
+FRENCH = (
+    "Le comité s'est réuni un matin tranquille pour examiner les plans de la nouvelle bibliothèque. Tout le "
+    "monde a convenu que les salles de lecture devaient donner sur la rivière et que la section des enfants "
+    "avait besoin de plus de lumière. Après une longue discussion sur le budget, ils ont décidé de demander "
+    "une petite subvention à la ville."
+)
+
+
+def test_prepare_counts_every_document(tmp_path: Path) -> None:
+    lines = [
+        {"id": "a", "text": ENGLISH},
+        {"id": "b", "text": ENGLISH.upper().replace(".", " .")},  # exact duplicate after normalization
+        {"id": "c", "text": FRENCH},
+        {"id": "d", "text": "asdf qwer zxcv"},
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken json\n")
+    manifest = prepare([source], tmp_path / "out", PrepareConfig(steps=["clean", "exact_dedup", "langid"]), keep_removed=True)
+
+    assert manifest["accounted"] and manifest["read"]["malformed_lines"] == 1
+    kept = list(read_documents([tmp_path / "out" / name for name in manifest["output"]["files"]], ReadStats()))
+    assert [d.id for d in kept] == ["a"] and kept[0].meta["language"] == "en"
+    reasons = {s["name"]: s["removed_by_reason"] for s in manifest["steps"]}
+    assert reasons["langid"] == {"language_fr": 1, "low_language_score": 1}
+    assert reasons["exact_dedup"] == {"exact_duplicate": 1}
+    removed = list(read_documents([tmp_path / "out" / "removed_00000.jsonl.zst"], ReadStats()))
+    assert sorted((d.id, d.meta["reason"]) for d in removed) == [("b", "exact_dedup:exact_duplicate"), ("c", "langid:language_fr"), ("d", "langid:low_language_score")]
+
+
+def test_prepare_with_tokenizer_writes_shards(tmp_path: Path) -> None:
+    texts = [synthetic_text(seed, 400) for seed in range(6)]
+    source = tmp_path / "docs"
+    source.mkdir()
+    for i, text in enumerate(texts):
+        (source / f"{i}.txt").write_text(text)
+    tokenizer = train_from_texts(texts, TokenizerTrainConfig(vocab_size=300))
+    tokenizer.save(tmp_path / "tok")
+    config = PrepareConfig(steps=["clean", "exact_dedup", "minhash_dedup"])
+    config.shards.val_fraction = 0.2
+    prepare([source], tmp_path / "out", config, tokenizer_path=tmp_path / "tok")
+    shards = json.loads((tmp_path / "out" / "shards" / "manifest.json").read_text())
+    assert shards["splits"]["train"]["documents"] + shards["splits"]["val"]["documents"] == 6
+
+
+def test_prepare_errors_and_cli(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="benchmarks is empty"):
+        PrepareConfig(steps=["clean", "decontaminate"])
+    with pytest.raises(UserError, match="Unknown step"):
+        PrepareConfig(steps=["cleaning"])
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    cli = [sys.executable, "-c", "from scratchlm.cli import main; main()", "-q", "data", "prepare", "--input", str(tmp_path / "a.txt"), "--output", str(tmp_path / "out")]
+    result = subprocess.run([*cli, "--set", "steps=[\"clean\", \"quality\"]"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["output"]["documents"] == 1
+    typo = subprocess.run([*cli, "--set", "langid.min_scor=0.5"], capture_output=True, text=True, timeout=120)
+    assert typo.returncode == 2 and "did you mean 'langid.min_score'" in typo.stderr
