@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import synthetic_text
+
 from scratchlm.data.documents import ReadStats, read_documents
 from scratchlm.data.prepare import PrepareConfig, prepare
 from scratchlm.errors import UserError

@@ -25,8 +25,8 @@ from scratchlm.config import (
     settings_help,
 )
 from scratchlm.console import console, set_quiet
-from scratchlm.errors import UserError
 from scratchlm.data.prepare import PrepareConfig
+from scratchlm.errors import UserError
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.speedrun import SpeedrunConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig

@@ -28,8 +28,8 @@ import zstandard
 
 from scratchlm.config import to_dict
 from scratchlm.console import info, progress_bar
-from scratchlm.data.dedup import ExactDedupConfig, MinHashConfig
 from scratchlm.data.decontaminate import DecontaminateConfig
+from scratchlm.data.dedup import ExactDedupConfig, MinHashConfig
 from scratchlm.data.documents import Document, ReadStats
 from scratchlm.data.filters import QualityFiltersConfig
 from scratchlm.data.langid import LangIdConfig
