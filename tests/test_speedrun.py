@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from scratchlm.data.corpus import CORPORA, cache_dir
+from scratchlm.data.shards import read_documents_tokens
 from scratchlm.speedrun import SpeedrunConfig, speedrun
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 def test_speedrun_end_to_end(tmp_path: Path) -> None:
@@ -22,7 +25,7 @@ def test_speedrun_end_to_end(tmp_path: Path) -> None:
     # Whole plays are held out: every validation document is one of the chosen works.
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert sorted(manifest["split_rule"]["val_groups"]) == sorted(config.val_works)
-    assert summary["documents"]["val"] == manifest["splits"]["val"]["documents"]
+    assert summary["documents"]["val_pieces"] == manifest["splits"]["val"]["documents"]
     assert summary["documents"]["train"] + summary["documents"]["val"] == summary["documents"]["total"] == 77
     assert summary["training"]["step"] == 10
     assert 0 < summary["eval"]["bpb"] < 10 and summary["eval"]["tokens"] > 100_000
@@ -31,3 +34,15 @@ def test_speedrun_end_to_end(tmp_path: Path) -> None:
         assert heading in text
     assert (tmp_path / "loss.png").stat().st_size > 10_000
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
+
+    # Independently of the decontamination code: no word 13-gram of a validation document
+    # (decoded back from the shards) occurs in any training document.
+    tokenizer = Tokenizer.load(tmp_path / "tokenizer")
+
+    def grams(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"[^\W_]+", text.lower())
+        return {tuple(words[i : i + 13]) for i in range(len(words) - 12)}
+
+    train_grams = set().union(*(grams(tokenizer.decode(ids)) for ids in read_documents_tokens(tmp_path / "shards", "train")))
+    val_grams = set().union(*(grams(tokenizer.decode(ids)) for ids in read_documents_tokens(tmp_path / "shards", "val")))
+    assert len(val_grams) > 100_000 and not (val_grams & train_grams)

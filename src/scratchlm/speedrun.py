@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,16 @@ class Stopwatch:
 
 def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path:
     """Run every stage and return the path of report.md."""
-    from scratchlm.data.clean import CleanStats, clean_text
+    from scratchlm.data.clean import CleanStep
     from scratchlm.data.corpus import corpus_documents, fetch
+    from scratchlm.data.decontaminate import (
+        Decontaminate,
+        DecontaminateConfig,
+        NGramIndex,
+    )
+    from scratchlm.data.dedup import ExactDedup, MinHashDedup
     from scratchlm.data.documents import Document
+    from scratchlm.data.langid import LangIdConfig, LanguageFilter
     from scratchlm.data.loader import TokenLoader
     from scratchlm.data.shards import ShardConfig, write_shards
     from scratchlm.eval.perplexity import evaluate, token_byte_lengths
@@ -83,22 +91,29 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     started = time.perf_counter()
 
     clock.run("fetch corpus", fetch, "shakespeare")
-    clean_stats = CleanStats()
+    pipeline = [CleanStep(), LanguageFilter(LangIdConfig(languages=["en"])), ExactDedup(), MinHashDedup()]
 
     def load_documents() -> list[Document]:
-        documents = [Document(d.id, clean_text(d.text, d.id, clean_stats), d.meta) for d in corpus_documents("shakespeare")]
+        stream: Iterable[Document] = corpus_documents("shakespeare")
+        for step in pipeline:
+            stream = step.run(stream)
+        documents = list(stream)
         works = {d.meta["work"] for d in documents}
         unknown = sorted(set(config.val_works) - works)
         if unknown:
             raise UserError(f"Unknown val_works {unknown}; use ids of modern-spelling texts such as {sorted(works)[:3]}.")
-        return [d for d in documents if d.text]
+        return documents
 
     documents = clock.run("documents", load_documents)
     train_documents = [d for d in documents if d.meta["work"] not in config.val_works]
-    val_documents = [d for d in documents if d.meta["work"] in config.val_works]
+    # The validation plays must share nothing with training: GPT-3's rule, every 13-gram they
+    # share with a training play is cut out with 200 characters either side. Whole plays are
+    # never dropped for it (no limit on pieces), only the shared passages.
+    decontaminate = Decontaminate(DecontaminateConfig(mode="cut", max_pieces=1_000_000), index=NGramIndex.from_texts((d.id, d.text) for d in train_documents))
+    val_documents = clock.run("decontaminate", lambda: list(decontaminate.run(d for d in documents if d.meta["work"] in config.val_works)))
     tokenizer = clock.run("tokenizer", train_from_texts, [d.text for d in train_documents], TokenizerTrainConfig(vocab_size=config.vocab_size), "shakespeare")
     tokenizer.save(out / "tokenizer")
-    manifest = clock.run("shards", write_shards, documents, tokenizer, out / "shards", ShardConfig(val_key="work", val_keys=list(config.val_works)))
+    manifest = clock.run("shards", write_shards, train_documents + val_documents, tokenizer, out / "shards", ShardConfig(val_key="work", val_keys=list(config.val_works)))
 
     run_config = load_config(RunConfig, resolve_config_file(PRESETS[config.preset]), overrides or [], base={
         "data": {"shards": str(out / "shards"), "tokenizer": str(out / "tokenizer")},
@@ -133,8 +148,9 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     summary = {
         "version": __version__,
         "stages_s": clock.stages,
-        "documents": {"total": len(documents), "train": len(train_documents), "val": len(val_documents), "val_works": list(config.val_works)},
-        "cleaning": {k: v for k, v in vars(clean_stats).items() if k != "changed_ids"},
+        "documents": {"total": len(documents), "train": len(train_documents), "val": decontaminate.stats.read, "val_pieces": len(val_documents), "val_works": list(config.val_works)},
+        "pipeline": [{"name": step.name, **step.stats.as_dict(), "details": step.details()} for step in [*pipeline, decontaminate]],
+        "decontamination": {"matches": decontaminate.matches_total, "examples": decontaminate.matches[:10], "val_characters_before": sum(len(d.text) for d in documents if d.meta["work"] in config.val_works), "val_characters_after": sum(len(d.text) for d in val_documents)},
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "hash": tokenizer.hash},
         "shards": {split: {k: manifest["splits"][split][k] for k in ("tokens", "documents", "bytes")} for split in ("train", "val")},
         "model": {"parameters": result["num_params"], "flops_per_token": result["flops_per_token"], "config": to_dict(model.config)},
@@ -147,6 +163,36 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     summary["training"]["mfu"] = sum(r["mfu"] for r in train_lines[1:]) / max(1, len(train_lines) - 1) if train_lines else 0.0
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return write_speedrun_report(out, summary, metrics)
+
+
+def _reasons(step: dict[str, Any]) -> str:
+    reasons = step["removed_by_reason"]
+    return "(" + ", ".join(f"{k} {v}" for k, v in reasons.items()) + ")" if reasons else ""
+
+
+def _found(step: dict[str, Any]) -> str:
+    """A step's findings in a few words, for the pipeline table."""
+    details = step.get("details") or {}
+    if step["name"] == "exact_dedup":
+        return f"{details.get('duplicates', 0)} exact duplicates"
+    if step["name"] == "minhash_dedup":
+        return f"{details.get('clusters', 0)} near-duplicate clusters (Jaccard of word 5-grams; modern and Folio spellings differ too often to pair)"
+    if step["name"] == "clean":
+        return f"{details.get('control_characters', 0)} control characters, {details.get('gutenberg_headers', 0)} Gutenberg headers"
+    if step["name"] == "decontaminate":
+        return "validation plays checked against every training play"
+    return ""
+
+
+def _decontamination_text(found: dict[str, Any]) -> str:
+    cut = found["val_characters_before"] - found["val_characters_after"]
+    text = (
+        f"Validation against training: {found['matches']} shared 13-grams (GPT-3's contamination test); cutting them with "
+        f"200 characters either side removed {cut:,} of {found['val_characters_before']:,} validation characters, so the "
+        "validation split shares no 13-gram with the training split."
+    )
+    examples = [f"- `{m['document_id']}` ~ `{m['benchmark_item']}`: {m['ngram_example']!r}" for m in found["examples"]]
+    return "\n".join([text, "", *examples]) if examples else text
 
 
 def write_speedrun_report(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> Path:
@@ -185,8 +231,17 @@ def write_speedrun_report(out: Path, summary: dict[str, Any], metrics: list[dict
             ("train", f"{train['documents']} documents, {train['bytes']:,} bytes, {train['tokens']:,} tokens ({train['bytes'] / train['tokens']:.2f} bytes per token)"),
             ("validation", f"{val['documents']} documents, {val['bytes']:,} bytes, {val['tokens']:,} tokens ({val['bytes'] / val['tokens']:.2f} bytes per token)"),
             ("tokenizer", f"{s['tokenizer']['vocab_size']:,} tokens, hash {s['tokenizer']['hash'][:12]}"),
-            ("cleaning", ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in s["cleaning"].items())),
         ], ("split", "")),
+        "",
+        "## Data pipeline",
+        "",
+        "Every document read is either kept or counted as removed, with its reason.",
+        "",
+        "| step | read | kept | removed | found |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {p['name']} | {p['read']} | {p['kept']} | {p['removed']} {_reasons(p)} | {_found(p)} |" for p in s["pipeline"]],
+        "",
+        _decontamination_text(s["decontamination"]),
         "",
         "## Wall time per stage",
         "",
