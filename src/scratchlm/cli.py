@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import sys
 import typing
 from pathlib import Path
@@ -26,6 +27,7 @@ from scratchlm.config import (
 )
 from scratchlm.console import console, set_quiet
 from scratchlm.data.prepare import PrepareConfig
+from scratchlm.data.quality import QualityTrainConfig
 from scratchlm.errors import UserError
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.speedrun import SpeedrunConfig
@@ -90,7 +92,10 @@ def with_settings(cls: type, file_and_set: bool = True) -> typing.Callable:
         ]
         extra = []
         for f, (_, _, default, doc) in zip(fields, describe(cls)):
-            option = typer.Option(f"--{f.name.replace('_', '-')}", help=f"{doc} [dim]\\[default: {escape(default)}][/dim]", rich_help_panel="Settings", show_default=False)
+            flag = f.name.replace("_", "-")
+            # Booleans get a --x/--no-x pair, so a setting that defaults to true can be turned off.
+            names = f"--{flag}/--no-{flag}" if hints[f.name] is bool else f"--{flag}"
+            option = typer.Option(names, help=f"{doc} [dim]\\[default: {escape(default)}][/dim]", rich_help_panel="Settings", show_default=False)
             extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(hints[f.name]), option]))
         if file_and_set:
             extra.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help="A TOML file of settings (flags and --set override it).", rich_help_panel="Settings")]))
@@ -147,6 +152,45 @@ def data_prepare(
 
     settings = load_config(PrepareConfig, config, overrides or [])
     prepare(list(input or []), output, settings, corpus=corpus, tokenizer_path=tokenizer, keep_removed=keep_removed)
+
+
+@data_app.command("train-quality")
+@with_settings(QualityTrainConfig)
+def data_train_quality(
+    settings: QualityTrainConfig,
+    positive: Annotated[list[Path], typer.Option("--positive", help="High-quality examples: text files, directories, JSONL or Parquet (repeatable).")],
+    negative: Annotated[list[Path], typer.Option("--negative", help="Low-quality examples (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file; the suffix becomes .ftz when quantized, else .bin, with a .json sidecar of settings and metrics.")],
+    text_field: Annotated[str, typer.Option(help="The text field of JSONL and Parquet inputs.")] = "text",
+) -> None:
+    """Train a fastText quality classifier for the `quality_classifier` step of `data prepare`."""
+    from scratchlm.data.quality import train_quality_classifier
+
+    metrics = train_quality_classifier(list(positive), list(negative), output, settings, text_field=text_field)
+    print(json.dumps(metrics, indent=2))
+
+
+@data_app.command("stats")
+def data_stats(
+    directory: Annotated[Path, typer.Argument(help="A documents directory (from `data prepare`) or a shards directory.")],
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Documents directory only: also count tokens and bytes per token with this tokenizer.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: document lengths (documents) or tokens per split (shards).")] = None,
+) -> None:
+    """What a documents or shards directory holds: counts, lengths, languages, the prepare funnel, splits."""
+    from scratchlm.data import stats
+
+    if stats.detect(directory) == "documents":
+        result = stats.documents_stats(directory, tokenizer)
+        console.print(stats.render_documents(result))
+        if plot is not None:
+            console.print(f"plot → {stats.plot_documents(result, plot)}")
+    else:
+        if tokenizer is not None:
+            raise UserError(f"{directory} is a shards directory, whose manifest already gives its tokens; --tokenizer is for documents directories.")
+        result = stats.shards_stats(directory)
+        console.print(stats.render_shards(result))
+        if plot is not None:
+            console.print(f"plot → {stats.plot_shards(result, plot)}")
 
 
 # ---- tokenizer ------------------------------------------------------------------------------

@@ -34,10 +34,11 @@ from scratchlm.data.documents import Document, ReadStats
 from scratchlm.data.filters import QualityFiltersConfig
 from scratchlm.data.langid import LangIdConfig
 from scratchlm.data.pipeline import Step
+from scratchlm.data.quality import QualityClassifierConfig
 from scratchlm.data.shards import ShardConfig
 from scratchlm.errors import UserError
 
-STEP_NAMES = ("clean", "langid", "quality", "exact_dedup", "minhash_dedup", "decontaminate")
+STEP_NAMES = ("clean", "langid", "quality", "quality_classifier", "exact_dedup", "minhash_dedup", "decontaminate")
 FORMAT_NAME = "scratchlm-documents"
 FORMAT_VERSION = 1
 
@@ -47,7 +48,7 @@ class PrepareConfig:
     """A data-preparation pipeline: the steps, in order, and the settings of each."""
 
     steps: list[str] = field(default_factory=lambda: ["clean", "langid", "quality", "exact_dedup", "minhash_dedup"])
-    """Steps in order, from: clean, langid, quality, exact_dedup, minhash_dedup, decontaminate (add it once decontaminate.benchmarks is set)."""
+    """Steps in order, from: clean, langid, quality, quality_classifier (once quality_classifier.model_path is set), exact_dedup, minhash_dedup, decontaminate (once decontaminate.benchmarks is set)."""
     text_field: str = "text"
     """The field that holds the text in JSONL and Parquet inputs."""
     documents_per_file: int = 10_000
@@ -56,6 +57,8 @@ class PrepareConfig:
     """Language identification (fastText lid.176)."""
     quality: QualityFiltersConfig = field(default_factory=QualityFiltersConfig)
     """Heuristic quality filters (Gopher, C4, FineWeb)."""
+    quality_classifier: QualityClassifierConfig = field(default_factory=QualityClassifierConfig)
+    """A fastText quality classifier trained with `scratchlm data train-quality`."""
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
     """Exact deduplication."""
     minhash_dedup: MinHashConfig = field(default_factory=MinHashConfig)
@@ -71,6 +74,8 @@ class PrepareConfig:
                 raise UserError(f"Unknown step {name!r}; choose from {', '.join(STEP_NAMES)}.")
         if len(set(self.steps)) != len(self.steps):
             raise UserError("A step is listed twice in steps; list each once.")
+        if "quality_classifier" in self.steps and not self.quality_classifier.model_path:
+            raise UserError("quality_classifier is in steps but quality_classifier.model_path is empty; train one with `scratchlm data train-quality` and set it.")
         if "decontaminate" in self.steps and not self.decontaminate.benchmarks:
             raise UserError("decontaminate is in steps but decontaminate.benchmarks is empty; add benchmark files or remove the step.")
         if self.documents_per_file < 1:
@@ -83,6 +88,7 @@ def build_steps(config: PrepareConfig) -> list[Step]:
     from scratchlm.data.dedup import ExactDedup, MinHashDedup
     from scratchlm.data.filters import build_quality_filters
     from scratchlm.data.langid import LanguageFilter
+    from scratchlm.data.quality import QualityClassifierFilter
 
     steps: list[Step] = []
     for name in config.steps:
@@ -92,6 +98,8 @@ def build_steps(config: PrepareConfig) -> list[Step]:
             steps.append(LanguageFilter(config.langid))
         elif name == "quality":
             steps.extend(build_quality_filters(config.quality))
+        elif name == "quality_classifier":
+            steps.append(QualityClassifierFilter(config.quality_classifier))
         elif name == "exact_dedup":
             steps.append(ExactDedup(config.exact_dedup))
         elif name == "minhash_dedup":
