@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from scratchlm.data.documents import Document
 from scratchlm.data.fasttext_models import INSTALL_HINT, LazyModel, load_fasttext
-from scratchlm.data.pipeline import Filter
+from scratchlm.data.pipeline import Filter, batched
 from scratchlm.errors import UserError
 
 _LABEL_PREFIX = "__label__"
@@ -137,13 +137,7 @@ class LanguageFilter(LazyModel, Filter):
         return self._decide(document, language, score)
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) >= self.batch_size:
-                yield from self._run_batch(batch)
-                batch = []
-        if batch:
+        for batch in batched(documents, self.batch_size):
             yield from self._run_batch(batch)
 
     def _run_batch(self, batch: list[Document]) -> Iterator[Document]:

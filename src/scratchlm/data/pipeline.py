@@ -16,6 +16,18 @@ from typing import Any, ClassVar
 from scratchlm.data.documents import Document
 
 
+def batched(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    """Consecutive lists of up to `size` documents, in order (for steps that predict in batches)."""
+    batch: list[Document] = []
+    for document in documents:
+        batch.append(document)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 @dataclass
 class StepStats:
     """What one step saw: documents in, kept, and removed per reason."""

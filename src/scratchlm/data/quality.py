@@ -46,7 +46,7 @@ from scratchlm.data.fasttext_models import (
     import_fasttext,
     load_fasttext,
 )
-from scratchlm.data.pipeline import Filter
+from scratchlm.data.pipeline import Filter, batched
 from scratchlm.errors import UserError
 
 HQ_LABEL = "__label__hq"
@@ -345,13 +345,7 @@ class QualityClassifierFilter(LazyModel, Filter):
         return self._decide(document, score)
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) >= self.batch_size:
-                yield from self._run_batch(batch)
-                batch = []
-        if batch:
+        for batch in batched(documents, self.batch_size):
             yield from self._run_batch(batch)
 
     def _run_batch(self, batch: list[Document]) -> Iterator[Document]:
