@@ -22,15 +22,14 @@ exact_dedup, minhash_dedup, decontaminate (against 300 passages of 40 words samp
 corpus, indexed with NGramIndex.from_texts) and tokenize (write_shards with an 8k tokenizer
 trained on a ~1 MB slice, one encoding thread). MB/s is of the input text.
 
-End to end, 1 process: clean -> langid -> quality -> exact -> minhash -> decontaminate ->
-tokenize, as one stream in this process; MB/s per core = input MB / s.
-
-End to end, 2 processes: the per-document steps (clean, langid, quality, decontaminate) are
-embarrassingly parallel: the pieces are split in 2 halves, each runs that chain in a
-ProcessPoolExecutor(2) worker, then the global steps (exact, minhash) and tokenization (2
-threads) run in the parent. Decontaminate therefore runs before dedup here, which can change
-which copy of a duplicate cluster is kept but not the throughput. The time includes starting
-the pool and pickling the documents both ways; MB/s per core = input MB / s / 2.
+End to end: `scratchlm data prepare` itself (`prepare()`), with steps clean -> langid -> quality
+(all four heuristic filters) -> exact_dedup -> minhash_dedup -> decontaminate and a tokenizer,
+over the pieces written (untimed) as 16 JSONL files, each an input shard, with the passages as a
+benchmark file. With 1 process everything runs in this process; with 2, the executor's pool of 2
+worker processes runs the stages shard by shard and tokenization uses 2 threads. The time covers
+everything the command does: reading the inputs, the stages and their work files, the global
+decisions, writing the documents and the manifest, and tokenizing into shards. MB/s per core =
+input MB / s / processes.
 
     python bench/pipeline.py [--mb 100] [--steps clean langid ...] [--processes 1 2] [--json out.json]
 """
@@ -41,9 +40,9 @@ import argparse
 import json
 import random
 import re
+import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from scratchlm.console import set_quiet
@@ -57,6 +56,7 @@ from scratchlm.data.dedup import (
     MinHashDedup,
 )
 from scratchlm.data.documents import Document
+from scratchlm.data.executor import ExecutorConfig
 from scratchlm.data.filters import (
     C4Filter,
     FineWebQualityFilter,
@@ -65,6 +65,7 @@ from scratchlm.data.filters import (
 )
 from scratchlm.data.langid import LangIdConfig, LanguageFilter
 from scratchlm.data.pipeline import Step
+from scratchlm.data.prepare import PrepareConfig, prepare
 from scratchlm.data.shards import ShardConfig, write_shards
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
 
@@ -75,6 +76,7 @@ BENCHMARK_ITEMS = 300
 BENCHMARK_WORDS = 40
 TOKENIZER_TRAIN_BYTES = 1_000_000
 VOCAB = 8192
+INPUT_FILES = 16
 
 STEP_NAMES = ("clean", "langid", "gopher_repetition", "gopher_quality", "c4", "fineweb_quality", "exact_dedup", "minhash_dedup", "decontaminate", "tokenize")
 PARAGRAPH = re.compile(r"\r?\n[ \t]*\r?\n")
@@ -177,11 +179,6 @@ def make_step(name: str, passages: list[tuple[str, str]]) -> Step:
     raise ValueError(name)
 
 
-QUALITY = ["gopher_repetition", "gopher_quality", "c4", "fineweb_quality"]
-PER_DOCUMENT = ["clean", "langid", *QUALITY]  # decontaminate too, last in the workers
-GLOBAL = ["exact_dedup", "minhash_dedup"]
-
-
 def removed(step: Step) -> dict:
     return {"read": step.stats.read, "kept": step.stats.kept, "removed": dict(sorted(step.stats.removed.items()))}
 
@@ -192,47 +189,37 @@ def tokenize(documents, tokenizer, threads: int) -> dict:
     return {name: split["tokens"] for name, split in manifest["splits"].items()}
 
 
-def per_document_chain(documents: list[Document], passages: list[tuple[str, str]]) -> tuple[list[Document], list[dict]]:
-    """A worker's share of the 2-process run: the per-document steps over one half."""
-    steps = [make_step(name, passages) for name in [*PER_DOCUMENT, "decontaminate"]]
-    stream = documents
-    for step in steps:
-        stream = step.run(stream)
-    kept = list(stream)
-    return kept, [{"step": step.name, **removed(step)} for step in steps]
+def write_inputs(documents: list[Document], passages: list[tuple[str, str]], tokenizer, directory: Path) -> tuple[Path, Path, Path]:
+    """The pieces as INPUT_FILES JSONL files (each an input shard), the passages as a benchmark
+    file and the tokenizer as a directory, as a user of `data prepare` would have them."""
+    inputs = directory / "inputs"
+    inputs.mkdir()
+    size = (len(documents) + INPUT_FILES - 1) // INPUT_FILES
+    for k in range(0, len(documents), size):
+        with (inputs / f"part_{k // size:03d}.jsonl").open("w") as f:
+            for d in documents[k : k + size]:
+                f.write(json.dumps({"id": d.id, "text": d.text, "meta": d.meta}, ensure_ascii=False) + "\n")
+    benchmark = directory / "benchmark.jsonl"
+    benchmark.write_text("".join(json.dumps({"id": item, "text": text}) + "\n" for item, text in passages))
+    tokenizer.save(directory / "tokenizer")
+    return inputs, benchmark, directory / "tokenizer"
 
 
-def run_end_to_end(documents: list[Document], passages, tokenizer, processes: int) -> dict:
+def run_end_to_end(inputs: Path, benchmark: Path, tokenizer: Path, processes: int, directory: Path) -> dict:
+    """`scratchlm data prepare` itself, with every step, the given processes, and tokenization."""
+    config = PrepareConfig(
+        steps=["clean", "langid", "quality", "exact_dedup", "minhash_dedup", "decontaminate"],
+        decontaminate=DecontaminateConfig(benchmarks=[str(benchmark)]),
+        executor=ExecutorConfig(processes=processes, input_shard_mb=1e-6),  # one shard per input file
+        shards=ShardConfig(workers=processes),
+    )
+    output = directory / f"out_{processes}"
     started = time.perf_counter()
-    if processes == 1:
-        steps = [make_step(name, passages) for name in [*PER_DOCUMENT, *GLOBAL, "decontaminate"]]
-        stream = iter(documents)
-        for step in steps:
-            stream = step.run(stream)
-        tokens = tokenize(stream, tokenizer, 1)
-        outcome = [{"step": step.name, **removed(step)} for step in steps]
-    else:
-        size = (len(documents) + processes - 1) // processes
-        halves = [documents[i:i + size] for i in range(0, len(documents), size)]
-        with ProcessPoolExecutor(processes) as pool:
-            results = list(pool.map(per_document_chain, halves, [passages] * len(halves)))
-        kept = [d for part, _ in results for d in part]
-        globals_ = [make_step(name, passages) for name in GLOBAL]
-        stream = iter(kept)
-        for step in globals_:
-            stream = step.run(stream)
-        tokens = tokenize(stream, tokenizer, processes)
-        outcome = []
-        for i, first in enumerate(results[0][1]):
-            parts = [r[1][i] for r in results]
-            merged: dict = {}
-            for p in parts:
-                for reason, n in p["removed"].items():
-                    merged[reason] = merged.get(reason, 0) + n
-            outcome.append({"step": first["step"], "read": sum(p["read"] for p in parts), "kept": sum(p["kept"] for p in parts), "removed": dict(sorted(merged.items()))})
-        outcome += [{"step": step.name, **removed(step)} for step in globals_]
+    manifest = prepare([inputs], output, config, tokenizer_path=tokenizer)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "tokens": tokens, "steps": outcome}
+    shards = json.loads((output / "shards" / "manifest.json").read_text())
+    steps = [{"step": s["name"], "read": s["read"], "kept": s["kept"], "removed": s["removed_by_reason"]} for s in manifest["steps"]]
+    return {"seconds": seconds, "tokens": {name: split["tokens"] for name, split in shards["splits"].items()}, "steps": steps, "accounted": manifest["accounted"]}
 
 
 def main() -> None:
@@ -296,8 +283,10 @@ def main() -> None:
     if args.processes:
         print(f"\nend to end ({' -> '.join(['clean', 'langid', 'quality', 'exact', 'minhash', 'decontaminate', 'tokenize'])}), target {TARGET_MB_S_PER_CORE} MB/s per core (2x Dolma's {DOLMA_MB_S_PER_CPU:.1f}):")
         print(f"{'processes':>9} {'s':>8} {'MB/s':>8} {'MB/s/core':>10} {'docs/s':>10} {'vs target':>10} {'speed-up':>9}")
+        work = Path(tempfile.mkdtemp(prefix="scratchlm-bench-pipeline-"))
+        inputs, benchmark, tokenizer_dir = write_inputs(documents, passages, tokenizer, work)
         for processes in args.processes:
-            result = run_end_to_end(documents, passages, tokenizer, processes)
+            result = run_end_to_end(inputs, benchmark, tokenizer_dir, processes, work)
             seconds = result["seconds"]
             per_core = mb / seconds / processes
             row = {"processes": processes, "seconds": seconds, "mb_s": mb / seconds, "mb_s_per_core": per_core, "docs_s": n / seconds, "target_ratio": per_core / TARGET_MB_S_PER_CORE, **result}
@@ -312,7 +301,8 @@ def main() -> None:
             gone = sum(s["removed"].values())
             reasons = ", ".join(f"{k} {v:,}" for k, v in s["removed"].items())
             print(f"  {s['step']:<18} read {s['read']:>9,}  removed {gone:>9,}  {reasons}")
-        print(f"  tokens: {', '.join(f'{k} {v:,}' for k, v in shown['tokens'].items())}")
+        print(f"  tokens: {', '.join(f'{k} {v:,}' for k, v in shown['tokens'].items())}; every document accounted for: {shown['accounted']}")
+        shutil.rmtree(work)
 
     if args.json:
         with open(args.json, "w") as f:

@@ -41,7 +41,9 @@ def documents_dir(tmp_path: Path) -> Path:
         (inputs / f"doc{i}.txt").write_text(text)
     (inputs / "copy.txt").write_text(texts[2])  # an exact duplicate of doc2
     out = tmp_path / "documents"
-    prepare([inputs], out, PrepareConfig(steps=["clean", "exact_dedup"], documents_per_file=2))
+    config = PrepareConfig(steps=["clean", "exact_dedup"])
+    config.executor.input_shard_mb = 0.002  # input shards of ~2 KB: several output files
+    prepare([inputs], out, config)
     return out
 
 
@@ -65,7 +67,8 @@ def test_documents_stats_counts_and_funnel(documents_dir: Path) -> None:
     assert sum(row["count"] for row in stats["histogram"]) == 5
     for row in stats["histogram"]:
         assert row["count"] == sum(row["low"] <= len(t) < row["high"] for t in texts)
-    assert stats["files"] == 3  # documents_per_file=2
+    shards = json.loads((documents_dir / "manifest.json").read_text())["input_shards"]
+    assert stats["files"] == shards > 1  # one per input shard of ~2 KB
     assert stats["read"] == 6 and stats["removed"] == 1 and stats["accounted"] is True
     names = [step["name"] for step in stats["steps"]]
     assert names == ["clean", "exact_dedup"]

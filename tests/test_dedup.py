@@ -23,6 +23,7 @@ from scratchlm.data.dedup import (
     normalize_text,
 )
 from scratchlm.data.documents import Document
+from scratchlm.data.pipeline import DropStep
 from scratchlm.errors import UserError
 
 # A larger vocabulary than conftest's, so random 5-grams of unrelated texts never coincide.
@@ -88,6 +89,11 @@ def test_exact_dedup_removes_normalized_variants() -> None:
     assert [d.id for d in kept] == ["a", "b", "e"]
     assert step.duplicates == {"c": "a", "d": "a", "f": "b", "g": "a"}
     assert step.stats.removed == {"exact_duplicate": 4}
+    split = ExactDedup()  # as the executors run it: keys shard by shard, one decision
+    documents = [Document(id=k, text=v) for k, v in texts.items()]
+    keys = np.concatenate([split.keys([d.text for d in documents[:4]]), split.keys([d.text for d in documents[4:]])])
+    assert split.decide(list(texts), keys).tolist() == [False, False, True, True, False, True, True]
+    assert split.duplicates == step.duplicates
 
 
 def test_exact_dedup_without_normalization_and_removal_hook() -> None:
@@ -202,16 +208,24 @@ def test_planted_near_duplicate_is_removed_and_order_kept() -> None:
         Document("other_copy", " ".join(other) + "!"),
     ]
     assert 0.75 < true_jaccard(documents[1].text, documents[3].text) < 0.9
-    for buffer in ("disk", "memory"):
-        step = MinHashDedup(MinHashConfig(buffer=buffer))
+    for split in (False, True):
+        step = MinHashDedup()
         removed = []
-        step.on_removed = lambda doc, reason: removed.append((doc.id, reason))
-        kept = run_step(step, documents)
+        if split:  # as the executors run it: keys per shard, one decision, drops per shard
+            keys = np.concatenate([step.keys([d.text for d in documents[:3]]), step.keys([d.text for d in documents[3:]])])
+            drop = DropStep(step.name, step.decide([d.id for d in documents], keys), step.removal_reason)
+            drop.on_removed = lambda doc, reason: removed.append((doc.id, reason))
+            kept = run_step(drop, documents)
+            stats = drop.stats
+        else:
+            step.on_removed = lambda doc, reason: removed.append((doc.id, reason))
+            kept = run_step(step, documents)
+            stats = step.stats
         assert [d.id for d in kept] == ["u0", "base", "u1", "other", "u2"]
         assert kept[1].meta == {"date": datetime.date(2024, 1, 2)}
         assert step.duplicates == {"near": "base", "other_near": "other", "other_copy": "other"}
         assert step.clusters == [["base", "near"], ["other", "other_near", "other_copy"]]
-        assert step.stats.removed == {"near_duplicate": 3}
+        assert stats.removed == {"near_duplicate": 3} and stats.read == 8 and stats.kept == 5
         assert removed[0] == ("near", "minhash_dedup:near_duplicate")
 
 
@@ -222,7 +236,7 @@ def test_recall_on_planted_pairs_and_unrelated_texts_kept_apart() -> None:
         documents.append(Document(f"base{i}", " ".join(base)))
         documents.append(Document(f"unrelated{i}", " ".join(random_words(2000 + i))))
         documents.append(Document(f"near{i}", " ".join(edited(base, 0.05, seed=i))))
-    step = MinHashDedup(MinHashConfig(buffer="memory"))
+    step = MinHashDedup()
     kept = {d.id for d in run_step(step, documents)}
     assert all(f"unrelated{i}" in kept and f"base{i}" in kept for i in range(30))
     found = sum(step.duplicates.get(f"near{i}") == f"base{i}" for i in range(30))
@@ -240,13 +254,12 @@ def test_short_and_empty_texts() -> None:
 
 
 def test_config_settings() -> None:
-    config = from_dict(MinHashConfig, {"num_bands": 20, "rows_per_band": 5, "threshold": 0.5, "temp_dir": "/tmp"})
-    assert config.num_perm == 100 and str(config.temp_dir) == "/tmp"
+    config = from_dict(MinHashConfig, {"num_bands": 20, "rows_per_band": 5, "threshold": 0.5})
+    assert config.num_perm == 100
     for cls in (MinHashConfig, ExactDedupConfig):
         assert set(field_docs(cls)) == set(cls.__dataclass_fields__)
     with pytest.raises(UserError, match="threshold"):
         MinHashConfig(threshold=0)
     with pytest.raises(UserError, match="at least 1"):
         MinHashConfig(rows_per_band=0)
-    with pytest.raises(UserError, match="temp_dir"):
-        list(MinHashDedup(MinHashConfig(temp_dir="/nonexistent/dir")).run([Document("a", "text")]))
+

@@ -146,11 +146,15 @@ def data_prepare(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set langid.min_score=0.8.")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Also tokenize the kept documents into OUTPUT/shards with this tokenizer.")] = None,
     keep_removed: Annotated[bool, typer.Option(help="Also write the removed documents with their reasons (removed_*.jsonl.zst).")] = False,
+    processes: Annotated[Optional[int], typer.Option(help="Worker processes (same as --set executor.processes=N); 0 = one per CPU core.")] = None,
 ) -> None:
-    """Clean, language-filter, quality-filter, deduplicate and decontaminate documents; every removal is counted with its reason in manifest.json."""
+    """Clean, language-filter, quality-filter, deduplicate and decontaminate documents; every removal is counted with its reason in manifest.json.
+
+    Input files are grouped into shards that run in parallel; an interrupted run resumes where it stopped when the same command is run again.
+    """
     from scratchlm.data.prepare import prepare
 
-    settings = load_config(PrepareConfig, config, overrides or [])
+    settings = load_config(PrepareConfig, config, [*(overrides or []), *([f"executor.processes={processes}"] if processes is not None else [])])
     prepare(list(input or []), output, settings, corpus=corpus, tokenizer_path=tokenizer, keep_removed=keep_removed)
 
 

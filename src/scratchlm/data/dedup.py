@@ -9,8 +9,8 @@ of a text are what is left between the spaces.
 **Exact dedup** (`ExactDedup`) hashes the normalized text with BLAKE2b (128-bit digest) and
 keeps the first document with each digest; later ones are removed as "exact_duplicate" and
 `duplicates` maps each removed id to the id of the document it repeats. Texts that normalize to
-nothing (empty, or punctuation only) are duplicates of each other. It streams: memory is one
-digest per distinct text.
+nothing (empty, or punctuation only) are duplicates of each other. On one stream (`run`) it
+streams: memory is one digest per distinct text.
 
 **Near dedup** (`MinHashDedup`) follows FineWeb's MinHash setup:
 
@@ -41,12 +41,12 @@ digest per distinct text.
   input order) is kept, the others are removed as "near_duplicate". `clusters` lists the ids of
   every cluster of two or more, `duplicates` maps each removed id to the kept one.
 
-The clusters are global, over every document the step reads, so the step has two passes: the
-first computes the signatures (112 × 4 bytes per document, kept in memory) while writing the
-documents to a temporary file (or, with `buffer = "memory"`, holding them in a list); the second
-replays the documents in input order, keeping or removing each. The documents go to the file
-pickled, so their meta comes back exactly as it was. Being global, the step has to see the whole
-corpus as one stream: running it per input shard would only find duplicates within a shard.
+Both are `GlobalStep`s: the decision is global, over every document the step reads (running
+them per input shard would only find duplicates within a shard). `keys` (digests, signatures)
+is the costly per-document part, which `scratchlm data prepare`'s executors compute shard by
+shard in parallel; `decide` then sees all keys in input order (for MinHash, 112 × 4 bytes per
+document held in memory) and the executors drop the removed documents shard by shard again.
+`MinHashDedup.run` on one stream holds the documents in memory between the two passes.
 """
 
 from __future__ import annotations
@@ -54,19 +54,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import pickle
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any
 
 import numpy as np
 
 from scratchlm.data.documents import Document
-from scratchlm.data.pipeline import Step
+from scratchlm.data.pipeline import GlobalStep
 from scratchlm.errors import UserError
 
 # ---- normalization ----------------------------------------------------------------------------
@@ -136,10 +133,11 @@ class ExactDedupConfig:
     """Compare texts after normalization (lowercase, punctuation and symbols to spaces, whitespace collapsed); false compares the exact text."""
 
 
-class ExactDedup(Step):
+class ExactDedup(GlobalStep):
     """Keeps the first document with each (normalized) text; removes the rest as "exact_duplicate"."""
 
     name = "exact_dedup"
+    removal_reason = "exact_duplicate"
 
     def __init__(self, config: ExactDedupConfig | None = None) -> None:
         super().__init__()
@@ -153,7 +151,23 @@ class ExactDedup(Step):
         data = _normalized_bytes(text) if self.config.normalize else text.encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, digest_size=16).digest()
 
+    def keys(self, texts: list[str]) -> np.ndarray:
+        return np.frombuffer(b"".join(self.digest(text) for text in texts), dtype=np.uint8).reshape(len(texts), 16)
+
+    def decide(self, ids: list[str], keys: np.ndarray) -> np.ndarray:
+        remove = np.zeros(len(ids), dtype=bool)
+        for row, (doc_id, key) in enumerate(zip(ids, keys)):
+            digest = key.tobytes()
+            first = self._seen.get(digest)
+            if first is None:
+                self._seen[digest] = doc_id
+            else:
+                remove[row] = True
+                self.duplicates[doc_id] = first
+        return remove
+
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
+        # Streams (the first copy wins as it arrives), where GlobalStep.run would hold every document.
         for document in documents:
             self.stats.read += 1
             key = self.digest(document.text)
@@ -164,13 +178,13 @@ class ExactDedup(Step):
                 yield document
             else:
                 self.duplicates[document.id] = first
-                self.remove(document, "exact_duplicate")
-
-
-# ---- MinHash signatures -------------------------------------------------------------------------
+                self.remove(document, self.removal_reason)
 
     def details(self) -> dict[str, Any]:
         return {"duplicates": len(self.duplicates), "examples": dict(list(self.duplicates.items())[:20])}
+
+
+# ---- MinHash signatures -------------------------------------------------------------------------
 
 
 @dataclass
@@ -187,10 +201,6 @@ class MinHashConfig:
     """Candidates are merged only if their estimated Jaccard (share of equal signature values) is at least this. 0.7 sits at the 14 × 8 S-curve's midpoint, so it only drops chance candidates: a pair of true similarity 0.8 passes with probability 0.995, where a 0.8 cut would drop half of them."""
     seed: int = 1
     """Seed of the hash functions; signatures from different seeds are not comparable."""
-    buffer: Literal["disk", "memory"] = "disk"
-    """Where documents wait between the two passes: a temporary file, or a list in memory."""
-    temp_dir: Path | None = None
-    """Directory of that temporary file; none = the system's temporary directory."""
 
     def __post_init__(self) -> None:
         if self.ngram < 1 or self.num_bands < 1 or self.rows_per_band < 1:
@@ -475,10 +485,11 @@ def cluster_roots(signatures: np.ndarray, config: MinHashConfig) -> np.ndarray:
 # ---- the step -----------------------------------------------------------------------------------
 
 
-class MinHashDedup(Step):
+class MinHashDedup(GlobalStep):
     """Removes near-duplicates (MinHash-LSH clusters over all input), keeping each cluster's first."""
 
     name = "minhash_dedup"
+    removal_reason = "near_duplicate"
 
     def __init__(self, config: MinHashConfig | None = None) -> None:
         super().__init__()
@@ -487,81 +498,27 @@ class MinHashDedup(Step):
         """Removed document id → id of the kept document of its cluster."""
         self.clusters: list[list[str]] = []
         """Member ids of every cluster of two or more, kept document first, in input order."""
+        self._hasher: MinHasher | None = None
 
-    def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        hasher = MinHasher(self.config)
-        with _DocumentBuffer(self.config.buffer, self.config.temp_dir) as buffer:
-            blocks, batch = [], []
-            for document in documents:
-                self.stats.read += 1
-                batch.append(document)
-                if len(batch) == hasher.BATCH_DOCUMENTS:
-                    blocks.append(hasher.batch_signatures([d.text for d in batch]))
-                    buffer.write(batch)
-                    batch = []
-            if batch:
-                blocks.append(hasher.batch_signatures([d.text for d in batch]))
-                buffer.write(batch)
-            if not blocks:
-                return
-            roots = cluster_roots(np.concatenate(blocks), self.config)
-            del blocks
-            clusters: dict[int, list[str]] = {int(r): [] for r in np.unique(roots[roots != np.arange(len(roots))])}
-            index = 0
-            for batch in buffer.replay():
-                for document in batch:
-                    root = int(roots[index])
-                    if root == index:
-                        if index in clusters:
-                            clusters[index].append(document.id)
-                        self.stats.kept += 1
-                        yield document
-                    else:
-                        kept = clusters[root]
-                        self.duplicates[document.id] = kept[0]
-                        kept.append(document.id)
-                        self.remove(document, "near_duplicate")
-                    index += 1
-            self.clusters.extend(clusters.values())
+    batch_documents = MinHasher.BATCH_DOCUMENTS
+
+    def keys(self, texts: list[str]) -> np.ndarray:
+        if self._hasher is None:
+            self._hasher = MinHasher(self.config)
+        return self._hasher.batch_signatures(texts)
+
+    def decide(self, ids: list[str], keys: np.ndarray) -> np.ndarray:
+        roots = cluster_roots(keys, self.config)
+        rows = np.arange(len(roots))
+        remove = roots != rows
+        clusters: dict[int, list[str]] = {int(r): [ids[int(r)]] for r in np.unique(roots[remove])}
+        for row in np.flatnonzero(remove).tolist():
+            members = clusters[int(roots[row])]
+            self.duplicates[ids[row]] = members[0]
+            members.append(ids[row])
+        self.clusters.extend(clusters.values())
+        return remove
 
     def details(self) -> dict[str, Any]:
         sizes = [len(cluster) for cluster in self.clusters]
         return {"clusters": len(self.clusters), "documents_in_clusters": sum(sizes), "largest_cluster": max(sizes, default=0), "examples": self.clusters[:20]}
-
-
-class _DocumentBuffer:
-    """Batches of documents written once and replayed in order, from a temporary file or a list."""
-
-    def __init__(self, where: str, directory: Path | None) -> None:
-        self.where, self.directory = where, directory
-        self.batches = 0
-        self.file: IO[bytes] | None = None
-        self.kept: list[list[Document]] = []
-
-    def __enter__(self) -> _DocumentBuffer:
-        if self.where == "disk":
-            if self.directory is not None and not Path(self.directory).is_dir():
-                raise UserError(f"minhash temp_dir {self.directory} is not a directory; create it or leave temp_dir unset.")
-            self.file = tempfile.TemporaryFile(prefix="scratchlm-minhash-", dir=self.directory)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.file is not None:
-            self.file.close()
-        self.kept = []
-
-    def write(self, batch: list[Document]) -> None:
-        self.batches += 1
-        if self.file is None:
-            self.kept.append(batch)
-        else:  # pickle keeps meta exactly as it came (JSON would turn dates into strings)
-            pickle.dump(batch, self.file, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def replay(self) -> Iterator[list[Document]]:
-        if self.file is None:
-            yield from self.kept
-            return
-        self.file.flush()
-        self.file.seek(0)
-        for _ in range(self.batches):
-            yield pickle.load(self.file)

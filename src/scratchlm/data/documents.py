@@ -126,7 +126,7 @@ def read_text(paths: Paths, stats: ReadStats) -> Iterator[Document]:
     The id is the path relative to the directory given, or the file name for a file given
     directly. Checks that every path exists before reading any.
     """
-    files = _expand(paths)
+    files = expand_paths(paths)
     return (doc for path, name in files for doc in _read_text_file(path, name, stats))
 
 
@@ -139,7 +139,7 @@ def read_jsonl(
     nested, so documents written by `Document.to_json` read back unchanged. A line without an
     id gets "{file}:{line}". Malformed lines are counted with their location and skipped.
     """
-    files = _expand(paths)
+    files = expand_paths(paths)
     return (
         doc
         for path, name in files
@@ -151,7 +151,7 @@ def read_parquet(
     paths: Paths, stats: ReadStats, text_field: str = "text", id_field: str = "id"
 ) -> Iterator[Document]:
     """Read Parquet files by record batch, one document per row (other columns go to `meta`)."""
-    files = _expand(paths)
+    files = expand_paths(paths)
     return (
         doc
         for path, name in files
@@ -168,17 +168,18 @@ def read_documents(
     Files inside directories are dispatched the same way, so a directory of JSONL shards reads
     as records rather than as raw text. Checks that every path exists before reading any.
     """
-    files = _expand(paths)
+    files = expand_paths(paths)
     return (
         doc
         for path, name in files
-        for doc in _read_any_file(path, name, stats, text_field, id_field)
+        for doc in read_file(path, name, stats, text_field, id_field)
     )
 
 
-def _read_any_file(
-    path: Path, name: str, stats: ReadStats, text_field: str, id_field: str
+def read_file(
+    path: Path, name: str, stats: ReadStats, text_field: str = "text", id_field: str = "id"
 ) -> Iterator[Document]:
+    """The documents of one file, read by its extension; `name` is the id (or id prefix) it gets."""
     if path.name.endswith(_JSONL_SUFFIXES):
         return _read_jsonl_file(path, name, stats, text_field, id_field)
     if path.name.endswith(".parquet"):
@@ -186,7 +187,7 @@ def _read_any_file(
     return _read_text_file(path, name, stats)
 
 
-def _expand(paths: Paths) -> list[tuple[Path, str]]:
+def expand_paths(paths: Paths) -> list[tuple[Path, str]]:
     """(file, name) pairs for files and directory trees, sorted; a missing path is an error.
 
     Eager on purpose: a typo in the last input must fail before hours spent on the first.

@@ -3,7 +3,10 @@
 A step is one small object with one method, `run(documents) -> documents`. It counts every
 document it reads, keeps and removes, with the reason for each removal, so a pipeline's manifest
 can show that read = kept + removed for every step and nothing went missing. A `Filter` is a step
-that only decides keep-or-remove, one document at a time: it implements `reason(doc)`.
+that only decides keep-or-remove, one document at a time: it implements `reason(doc)`. A
+`GlobalStep` (deduplication) decides over all documents at once; it is split into per-document
+`keys`, one `decide` over every key, and a `DropStep` that removes what was decided, so that the
+executors can run the costly first and last parts in parallel, shard by shard.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from scratchlm.data.documents import Document
+
+MAX_LISTED = 1000
+"""Longest list that merged step details keep (examples, matches); the counts beside them stay whole."""
 
 
 def batched(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -63,6 +71,20 @@ class Step:
         """What the manifest should show beyond the counts (duplicate clusters, matches, ...)."""
         return {}
 
+    @classmethod
+    def merge_details(cls, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One step's details from the details of its runs over several shards, in shard order.
+
+        Integers (counts) add up, lists are joined (up to MAX_LISTED items), nested dicts merge
+        key by key and anything else (a setting, a string) keeps its first value; a step whose
+        details hold integers that must not add up (an index size) overrides this.
+        """
+        merged: dict[str, Any] = {}
+        for part in parts:
+            for key, value in part.items():
+                merged[key] = value if key not in merged else _merge_value(merged[key], value)
+        return merged
+
 
 class Filter(Step):
     """A step that keeps or removes each document on its own; subclasses implement `reason`."""
@@ -80,3 +102,71 @@ class Filter(Step):
                 yield document
             else:
                 self.remove(document, why)
+
+
+class GlobalStep(Step):
+    """A step whose decisions need every document (deduplication: which copy came first).
+
+    `keys` turns each document into a fixed-size row (a digest, a MinHash signature): the costly
+    part, which executors run in parallel where the documents are. `decide` then sees every row
+    in input order and returns which documents to remove, and a `DropStep` removes them. `run`
+    does all three over one stream.
+    """
+
+    removal_reason: ClassVar[str] = "duplicate"
+    batch_documents: ClassVar[int] = 256
+
+    def keys(self, texts: list[str]) -> np.ndarray:
+        """One key row per text."""
+        raise NotImplementedError
+
+    def decide(self, ids: list[str], keys: np.ndarray) -> np.ndarray:
+        """A bool per document (in input order): remove it. Records what the manifest shows."""
+        raise NotImplementedError
+
+    def run(self, documents: Iterable[Document]) -> Iterator[Document]:
+        batches, keys = [], []
+        for batch in batched(documents, self.batch_documents):
+            batches.append(batch)
+            keys.append(self.keys([d.text for d in batch]))
+        if not batches:
+            return
+        remove = self.decide([d.id for batch in batches for d in batch], np.concatenate(keys))
+        drop = DropStep(self.name, remove, self.removal_reason)
+        drop.on_removed = self.on_removed
+        yield from drop.run(d for batch in batches for d in batch)
+        self.stats = drop.stats
+
+
+class DropStep(Step):
+    """Removes the documents a `GlobalStep` decided to remove, given as a bool per document."""
+
+    def __init__(self, name: str, remove: np.ndarray, reason: str) -> None:
+        super().__init__()
+        self.name = name
+        self.remove_flags = remove
+        self.reason = reason
+
+    def run(self, documents: Iterable[Document]) -> Iterator[Document]:
+        for document in documents:
+            if self.stats.read >= len(self.remove_flags):
+                raise RuntimeError(f"{self.name}: more documents than decisions; the work files of this run are inconsistent.")
+            removed = bool(self.remove_flags[self.stats.read])
+            self.stats.read += 1
+            if removed:
+                self.remove(document, self.reason)
+            else:
+                self.stats.kept += 1
+                yield document
+        if self.stats.read != len(self.remove_flags):
+            raise RuntimeError(f"{self.name}: {len(self.remove_flags) - self.stats.read} decisions without documents; the work files of this run are inconsistent.")
+
+
+def _merge_value(a: Any, b: Any) -> Any:
+    if type(a) is int and type(b) is int:
+        return a + b
+    if isinstance(a, list) and isinstance(b, list):
+        return (a + b)[:MAX_LISTED]
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {**a, **{k: _merge_value(a[k], v) if k in a else v for k, v in b.items()}}
+    return a

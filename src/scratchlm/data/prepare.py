@@ -1,16 +1,16 @@
 """`scratchlm data prepare`: raw text → cleaned, filtered, deduplicated, decontaminated documents.
 
-The steps run in the order the config lists them, as one stream, in one process (parallel
-executors over input shards, with completion markers, are the next milestone). The output is
+The steps run in the order the config lists them, over input shards, in parallel (see
+`executor.py` for shards, stages, resuming and the Ray executor). The output is
 
-    OUTPUT/documents_NNNNN.jsonl.zst   the kept documents, {"id", "text", "meta"} per line
+    OUTPUT/documents_NNNNN.jsonl.zst   what was kept of input shard NNNNN, {"id", "text", "meta"} per line
     OUTPUT/removed_NNNNN.jsonl.zst     with --keep-removed: each removed document and its reason
     OUTPUT/manifest.json               inputs, each step's settings and counts per reason, checks
     OUTPUT/shards/                     with a tokenizer: token shards of the kept documents
 
-written to a temporary directory and renamed, so a crash never leaves a half-written output.
-The manifest's `accounted` check holds when every document read is either written or counted as
-removed by exactly one step.
+Work happens in `.OUTPUT.work/` beside it, which a rerun after a crash resumes from, and the
+output directory appears by rename only when everything is done. The manifest's `accounted`
+check holds when every document read is either written or counted as removed by exactly one step.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-import zstandard
+from typing import Any
 
 from scratchlm.config import to_dict
-from scratchlm.console import info, progress_bar
+from scratchlm.console import info
 from scratchlm.data.decontaminate import DecontaminateConfig
 from scratchlm.data.dedup import ExactDedupConfig, MinHashConfig
-from scratchlm.data.documents import Document, ReadStats
+from scratchlm.data.documents import ReadStats
+from scratchlm.data.executor import ExecutorConfig, make_executor, open_work_dir, plan_input_shards, plan_stages, run_pipeline
 from scratchlm.data.filters import QualityFiltersConfig
 from scratchlm.data.langid import LangIdConfig
 from scratchlm.data.pipeline import Step
@@ -39,8 +37,10 @@ from scratchlm.data.shards import ShardConfig
 from scratchlm.errors import UserError
 
 STEP_NAMES = ("clean", "langid", "quality", "quality_classifier", "exact_dedup", "minhash_dedup", "decontaminate")
+GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
+"""Steps that decide over all documents at once (see `GlobalStep`); the rest run document by document."""
 FORMAT_NAME = "scratchlm-documents"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -51,8 +51,8 @@ class PrepareConfig:
     """Steps in order, from: clean, langid, quality, quality_classifier (once quality_classifier.model_path is set), exact_dedup, minhash_dedup, decontaminate (once decontaminate.benchmarks is set)."""
     text_field: str = "text"
     """The field that holds the text in JSONL and Parquet inputs."""
-    documents_per_file: int = 10_000
-    """Documents per output file."""
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where the steps run: processes, or a Ray cluster; input shard size."""
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     """Language identification (fastText lid.176)."""
     quality: QualityFiltersConfig = field(default_factory=QualityFiltersConfig)
@@ -78,11 +78,10 @@ class PrepareConfig:
             raise UserError("quality_classifier is in steps but quality_classifier.model_path is empty; train one with `scratchlm data train-quality` and set it.")
         if "decontaminate" in self.steps and not self.decontaminate.benchmarks:
             raise UserError("decontaminate is in steps but decontaminate.benchmarks is empty; add benchmark files or remove the step.")
-        if self.documents_per_file < 1:
-            raise UserError("documents_per_file must be at least 1.")
 
 
-def build_steps(config: PrepareConfig) -> list[Step]:
+def build_step(name: str, config: PrepareConfig) -> list[Step]:
+    """The step(s) for one name of `PrepareConfig.steps` ("quality" is several filters)."""
     from scratchlm.data.clean import CleanStep
     from scratchlm.data.decontaminate import Decontaminate
     from scratchlm.data.dedup import ExactDedup, MinHashDedup
@@ -90,59 +89,34 @@ def build_steps(config: PrepareConfig) -> list[Step]:
     from scratchlm.data.langid import LanguageFilter
     from scratchlm.data.quality import QualityClassifierFilter
 
-    steps: list[Step] = []
-    for name in config.steps:
-        if name == "clean":
-            steps.append(CleanStep())
-        elif name == "langid":
-            steps.append(LanguageFilter(config.langid))
-        elif name == "quality":
-            steps.extend(build_quality_filters(config.quality))
-        elif name == "quality_classifier":
-            steps.append(QualityClassifierFilter(config.quality_classifier))
-        elif name == "exact_dedup":
-            steps.append(ExactDedup(config.exact_dedup))
-        elif name == "minhash_dedup":
-            steps.append(MinHashDedup(config.minhash_dedup))
-        else:
-            steps.append(Decontaminate(config.decontaminate))
-    return steps
+    if name == "clean":
+        return [CleanStep()]
+    if name == "langid":
+        return [LanguageFilter(config.langid)]
+    if name == "quality":
+        return build_quality_filters(config.quality)
+    if name == "quality_classifier":
+        return [QualityClassifierFilter(config.quality_classifier)]
+    if name == "exact_dedup":
+        return [ExactDedup(config.exact_dedup)]
+    if name == "minhash_dedup":
+        return [MinHashDedup(config.minhash_dedup)]
+    if name == "decontaminate":
+        return [Decontaminate(config.decontaminate)]
+    raise ValueError(f"unknown step {name!r}")
 
 
-class JsonlZstWriter:
-    """Documents into numbered `{prefix}_NNNNN.jsonl.zst` files of at most `per_file` lines."""
+def step_class(name: str) -> type[Step]:
+    """The class of a built step by its `name` (e.g. "gopher_quality"), to merge its details."""
+    from scratchlm.data.clean import CleanStep
+    from scratchlm.data.decontaminate import Decontaminate
+    from scratchlm.data.dedup import ExactDedup, MinHashDedup
+    from scratchlm.data.filters import C4Filter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from scratchlm.data.langid import LanguageFilter
+    from scratchlm.data.quality import QualityClassifierFilter
 
-    def __init__(self, directory: Path, prefix: str, per_file: int) -> None:
-        self.directory, self.prefix, self.per_file = directory, prefix, per_file
-        self.files: list[str] = []
-        self.count = 0
-        self.bytes = 0
-        self._stream: IO[bytes] | None = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.count % self.per_file == 0:
-            self._close_file()
-            name = f"{self.prefix}_{len(self.files):05d}.jsonl.zst"
-            self.files.append(name)
-            self._stream = zstandard.ZstdCompressor(level=3).stream_writer(open(self.directory / name, "wb"), closefd=True)
-        self._stream.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.count += 1
-        self.bytes += len(record["text"].encode("utf-8"))
-
-    def _close_file(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-
-    def close(self) -> dict[str, Any]:
-        self._close_file()
-        return {"files": self.files, "documents": self.count, "bytes": self.bytes}
-
-
-def _counted(documents: Iterable[Document], advance) -> Iterator[Document]:
-    for document in documents:
-        advance(1)
-        yield document
+    classes = (CleanStep, LanguageFilter, GopherQualityFilter, GopherRepetitionFilter, C4Filter, FineWebQualityFilter, QualityClassifierFilter, ExactDedup, MinHashDedup, Decontaminate)
+    return {cls.name: cls for cls in classes}[name]
 
 
 def prepare(
@@ -154,67 +128,63 @@ def prepare(
     keep_removed: bool = False,
 ) -> dict[str, Any]:
     """Run the pipeline over the inputs (and/or a named corpus); returns the manifest."""
-    from scratchlm.data.corpus import corpus_documents
-    from scratchlm.data.documents import read_documents
-
     config = config or PrepareConfig()
     if not inputs and corpus is None:
         raise UserError("Nothing to prepare; pass --input PATH (files, directories, JSONL, Parquet) or --corpus shakespeare.")
     output = Path(output)
     if output.exists() and not (output / "manifest.json").is_file() and any(output.iterdir()):
         raise UserError(f"{output} exists and is not a documents directory; choose a new --output.")
-    read_stats = ReadStats()
-    sources: list[Iterable[Document]] = [corpus_documents(corpus, stats=read_stats)] if corpus else []
-    if inputs:
-        sources.append(read_documents([Path(p) for p in inputs], read_stats, text_field=config.text_field))
-    steps = build_steps(config)
+    if corpus is not None:
+        from scratchlm.data.corpus import fetch
 
-    temporary = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir(parents=True)
+        fetch(corpus)  # once here, not in every worker at the same time
+    shards = plan_input_shards([Path(p) for p in inputs], corpus, config.executor)
+    if not shards:
+        raise UserError("The inputs hold no files; check the --input paths.")
+    stages = plan_stages(config.steps, GLOBAL_STEPS)
+    settings = to_dict(config)
+    executor_settings = settings.pop("executor")
+    work = output.parent / f".{output.name}.work"
+    plan = {"format": "scratchlm-prepare-work", "version": FORMAT_VERSION, "shards": [s.describe() for s in shards], "settings": settings, "keep_removed": keep_removed}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    open_work_dir(work, plan)
+
     started = time.perf_counter()
+    executor = make_executor(config.executor)
     try:
-        kept = JsonlZstWriter(temporary, "documents", config.documents_per_file)
-        removed = JsonlZstWriter(temporary, "removed", config.documents_per_file) if keep_removed else None
-        if removed is not None:
-            for step in steps:
-                step.on_removed = lambda document, reason: removed.write({"id": document.id, "text": document.text, "meta": document.meta, "reason": reason})
-        with progress_bar("preparing documents", total=None) as advance:
-            stream: Iterable[Document] = _counted((d for source in sources for d in source), advance)
-            for step in steps:
-                stream = step.run(stream)
-            for document in stream:
-                kept.write({"id": document.id, "text": document.text, "meta": document.meta})
-        written = kept.close()
-        removed_info = removed.close() if removed is not None else None
-        total_removed = sum(sum(step.stats.removed.values()) for step in steps)
-        manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "inputs": [str(p) for p in inputs] + ([f"corpus:{corpus}"] if corpus else []),
-            "read": {k: v for k, v in vars(read_stats).items()},
-            "steps": [{"name": step.name, **step.stats.as_dict(), **({"details": step.details()} if step.details() else {})} for step in steps],
-            "settings": to_dict(config),
-            "output": written,
-            "removed_output": removed_info,
-            "removed": total_removed,
-            "accounted": read_stats.documents == written["documents"] + total_removed,
-            "seconds": time.perf_counter() - started,
-        }
-        (temporary / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        result = run_pipeline(work, shards, stages, config, executor, keep_removed, step_class)
+    except KeyboardInterrupt:
+        info(f"interrupted: the finished work is kept in {work}; run the same command again to resume")
         raise
+    finally:
+        executor.close()
+    total_removed = sum(step["removed"] for step in result.steps)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "inputs": [str(p) for p in inputs] + ([f"corpus:{corpus}"] if corpus else []),
+        "input_shards": len(shards),
+        "read": vars(result.read),
+        "steps": result.steps,
+        "settings": settings,
+        "output": {"files": result.files, "documents": result.documents, "bytes": result.bytes},
+        "removed_output": {"files": result.removed_files} if keep_removed else None,
+        "removed": total_removed,
+        "accounted": result.read.documents == result.documents + total_removed,
+        "executor": executor_settings,
+        "seconds": time.perf_counter() - started,
+    }
+    (work / "output" / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     if output.exists():
         shutil.rmtree(output)
-    os.replace(temporary, output)
-    info(f"{read_stats.documents:,} documents read, {written['documents']:,} kept, {total_removed:,} removed ({manifest['seconds']:.1f} s) → {output}")
+    os.replace(work / "output", output)
+    shutil.rmtree(work)
+    info(f"{result.read.documents:,} documents read, {result.documents:,} kept, {total_removed:,} removed ({manifest['seconds']:.1f} s) → {output}")
     if tokenizer_path is not None:
         from scratchlm.data.documents import read_jsonl
         from scratchlm.data.shards import write_shards
         from scratchlm.tokenizer.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_path)
-        write_shards(read_jsonl([output / name for name in written["files"]], ReadStats()), tokenizer, output / "shards", config.shards)
+        write_shards(read_jsonl([output / name for name in result.files], ReadStats()), tokenizer, output / "shards", config.shards)
     return manifest
