@@ -7,8 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_text
 
 from scratchlm.config import field_docs, from_dict
+from scratchlm.data import filters
 from scratchlm.data.documents import Document
 from scratchlm.data.filters import (
     C4Config,
@@ -234,6 +236,14 @@ def _naive_fractions(words: list[str], n: int) -> tuple[float, float]:
     return top / total, dup
 
 
+@pytest.fixture(params=["default", "numpy_early"])
+def numpy_switch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a test as is, and again with numpy taking over as soon as a quarter of the starts repeat."""
+    if request.param == "numpy_early":
+        monkeypatch.setattr(filters, "NUMPY_MIN_REPEATED", 0)
+
+
+@pytest.mark.usefixtures("numpy_switch")
 @pytest.mark.parametrize("seed", range(40))
 def test_ngram_fractions_match_a_naive_computation(seed: int) -> None:
     rng = random.Random(seed)
@@ -246,16 +256,47 @@ def test_ngram_fractions_match_a_naive_computation(seed: int) -> None:
         assert fast[f"dup_{n}"] == pytest.approx(dup), (n, words)
 
 
+@pytest.mark.usefixtures("numpy_switch")
+@pytest.mark.parametrize("seed", range(40))
+def test_ngram_fractions_for_some_n_match_a_naive_computation(seed: int) -> None:
+    # Larger vocabularies than above, so that most n-grams occur once and only some starts are
+    # looked at for longer n; the first n asked for need not be 1, and may exceed the word count.
+    rng = random.Random(seed)
+    vocabulary = pseudo_words(rng.randint(1, 40), seed=seed)
+    words = [rng.choice(vocabulary) for _ in range(rng.randint(1, 200))]
+    top_ns, dup_ns = rng.sample(range(1, 12), rng.randint(0, 3)), rng.sample(range(1, 12), rng.randint(0, 3))
+    fast = ngram_char_fractions(words, top_ns, dup_ns)
+    assert set(fast) == {f"top_{n}" for n in top_ns} | {f"dup_{n}" for n in dup_ns}
+    for n in top_ns:
+        assert fast[f"top_{n}"] == pytest.approx(_naive_fractions(words, n)[0]), (n, words)
+    for n in dup_ns:
+        assert fast[f"dup_{n}"] == pytest.approx(_naive_fractions(words, n)[1]), (n, words)
+
+
+@pytest.mark.parametrize("repeats", [1, 3, 12])
+def test_ngram_fractions_of_a_repeated_passage_match_a_naive_computation(repeats: int) -> None:
+    # A passage of 100 words repeated, among other words: at 3 and 12 copies, enough starts of
+    # repeated n-grams for numpy to do the counting.
+    rng = random.Random(repeats)
+    passage = [rng.choice(PROSE_WORDS) for _ in range(100)]
+    words = pseudo_words(50, seed=repeats) + passage * repeats + pseudo_words(30, seed=repeats + 1)
+    fast = ngram_char_fractions(words, range(2, 11), range(2, 11))
+    for n in range(2, 11):
+        top, dup = _naive_fractions(words, n)
+        assert fast[f"top_{n}"] == pytest.approx(top), n
+        assert fast[f"dup_{n}"] == pytest.approx(dup), n
+
+
 def test_ngram_fractions_on_known_texts() -> None:
     # "a b" occurs at 0, 2 and 4: count 3, covering all six 1-character words.
-    assert ngram_char_fractions("a b a b a b".split(), [2], [5])["top_2"] == pytest.approx(1.0)
+    assert ngram_char_fractions(["a", "b", "a", "b", "a", "b"], [2], [5])["top_2"] == pytest.approx(1.0)
     # Overlapping occurrences count once: "x x" occurs 3 times in "x x x x" but covers 4 words.
-    assert ngram_char_fractions("x x x x yy".split(), [2], [])["top_2"] == pytest.approx(4 / 6)
+    assert ngram_char_fractions(["x", "x", "x", "x", "yy"], [2], [])["top_2"] == pytest.approx(4 / 6)
     # A 5-gram seen twice, each word counted once: 10 of 15 characters.
-    words = "p q r s t u v w x y p q r s t".split()
+    words = ["p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "p", "q", "r", "s", "t"]
     assert ngram_char_fractions(words, [], [5])["dup_5"] == pytest.approx(10 / 15)
     # Nothing repeated: no top n-gram, no duplicates.
-    assert ngram_char_fractions("a b c d e f".split(), [2], [5]) == {"top_2": 0.0, "dup_5": 0.0}
+    assert ngram_char_fractions(["a", "b", "c", "d", "e", "f"], [2], [5]) == {"top_2": 0.0, "dup_5": 0.0}
 
 
 # ---- C4 -----------------------------------------------------------------------------------
@@ -393,3 +434,41 @@ def test_whole_chain() -> None:
     assert [d.id for d in kept] == ["doc0", "doc6"]
     assert kept[1].text == PROSE  # the javascript line was dropped by C4
     assert sum(step.stats.removed.total() for step in steps) == len(MIXED) - 2
+
+
+def _varied_texts() -> list[str]:
+    """Prose-like, repetitive and degenerate texts that break various rules, or none."""
+    rng = random.Random(0)
+    texts = ["", "word", "a a a a a a", "x " * 300, PROSE, *MIXED]
+    for seed in range(40):
+        text = synthetic_text(seed, rng.randint(20, 600))
+        lines, words = text.split("\n"), text.split()
+        phrase = " ".join(words[: rng.randint(2, 8)])
+        texts += [
+            text,
+            "\n".join(lines + rng.choices(lines, k=rng.randint(1, len(lines)))),
+            " ".join(phrase if rng.random() < 0.1 else word for word in words),
+            "\n\n".join([text[: rng.randint(0, len(text))]] * rng.randint(1, 3)),
+        ]
+    return texts
+
+
+VARIED = _varied_texts()
+MORE_TOP_THAN_DUP_NS = GopherRepetitionConfig(max_top_ngram_char_fracs=[0.2, 0.18, 0.16, 0.15, 0.14], max_dup_ngram_char_fracs=[0.15, 0.14])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [GopherRepetitionFilter, lambda: GopherRepetitionFilter(MORE_TOP_THAN_DUP_NS), GopherQualityFilter, FineWebQualityFilter],
+)
+def test_reason_measures_lazily_but_is_the_first_failed_rule(make) -> None:
+    # `reason` stops measuring at the first broken rule (for the repetition filter, n by n, even
+    # where the rules ask for top_6 after dup_5); it must name the rule `failed_rules` names first.
+    step = make()
+    reasons = Counter()
+    for text in VARIED:
+        failed = step.failed_rules(text)
+        reason = step.reason(doc(text))
+        assert reason == (failed[0] if failed else None), text
+        reasons[reason] += 1
+    assert len(reasons) >= 3, reasons  # several different rules, and passing texts

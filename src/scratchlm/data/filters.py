@@ -22,7 +22,8 @@ All filters see text the same way, through two helpers:
   not lines (so paragraph breaks never count as short, duplicate or unpunctuated lines).
 
 The keep-or-remove filters also expose `measure(text)`, every statistic they test, and
-`failed_rules(text)`, every rule the text breaks in order; `reason` is the first of those.
+`failed_rules(text)`, every rule the text breaks in order; `reason` is the first of those (found
+without measuring what the rules before it do not need: see `RuleFilter.measure_stages`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ import dataclasses
 import operator
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import count, filterfalse, repeat
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -50,32 +53,29 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 _HAS_LETTER = re.compile(r"[^\W\d_]")  # a Unicode letter: a word character that is no digit or underscore
 
 
+# These run on every document (and C4 splits every line into words), so they chain C-level
+# iterators (map, filter) rather than loop in Python.
+
+
 def split_words(text: str) -> list[str]:
     """The words of a text: whitespace split, punctuation stripped from both ends, empty tokens dropped."""
-    return [word for word in (token.strip(PUNCTUATION) for token in text.split()) if word]
+    return list(filter(None, map(str.strip, text.split(), repeat(PUNCTUATION))))
 
 
 def split_lines(text: str) -> list[str]:
     """The non-blank lines of a text, each stripped of surrounding whitespace."""
-    return [line for line in (raw.strip() for raw in text.splitlines()) if line]
+    return list(filter(None, map(str.strip, text.splitlines())))
 
 
 def split_paragraphs(text: str) -> list[str]:
     """The non-blank paragraphs of a text (separated by blank lines), each stripped."""
-    return [para for para in (raw.strip() for raw in _PARAGRAPH_BREAK.split(text)) if para]
+    return list(filter(None, map(str.strip, _PARAGRAPH_BREAK.split(text))))
 
 
 def duplicates(items: Sequence[str]) -> tuple[int, int]:
     """How many items repeat an earlier item, and their characters (first occurrences not counted)."""
-    seen: set[str] = set()
-    count = chars = 0
-    for item in items:
-        if item in seen:
-            count += 1
-            chars += len(item)
-        else:
-            seen.add(item)
-    return count, chars
+    distinct = set(items)  # one copy of each item: the first occurrences
+    return len(items) - len(distinct), sum(map(len, items)) - sum(map(len, distinct))
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -98,6 +98,11 @@ class RuleFilter(Filter):
         """Every statistic the rules test."""
         raise NotImplementedError
 
+    def measure_stages(self, text: str) -> Iterator[dict[str, float]]:
+        """`measure` in parts, in the order the rules need them, so that `reason` can stop measuring
+        at the first broken rule; one part unless a filter splits its measuring up."""
+        yield self.measure(text)
+
     def rules(self) -> list[Rule]:
         """The rules in the order they are checked."""
         raise NotImplementedError
@@ -108,8 +113,15 @@ class RuleFilter(Filter):
         return [rule.reason for rule in self.checks if not rule.keep(stats[rule.metric], rule.threshold)]
 
     def reason(self, document: Document) -> str | None:
-        failed = self.failed_rules(document.text)
-        return failed[0] if failed else None
+        """The first rule of `failed_rules`, measuring only as many stages as the rules up to it need."""
+        stats: dict[str, float] = {}
+        stages = self.measure_stages(document.text)
+        for rule in self.checks:
+            while rule.metric not in stats:
+                stats.update(next(stages))
+            if not rule.keep(stats[rule.metric], rule.threshold):
+                return rule.reason
+        return None
 
     @cached_property
     def checks(self) -> list[Rule]:
@@ -204,16 +216,18 @@ class GopherQualityFilter(RuleFilter):
         words = split_words(text)
         lines = split_lines(text)
         n_words, n_lines = len(words), len(lines)
-        stop = self._stop_words
+        # An all-letter word has a letter; only the few others (digits, apostrophes, ...) need the regex.
+        others = list(filterfalse(str.isalpha, words))
+        alpha_words = n_words - len(others) + sum(1 for word in others if _HAS_LETTER.search(word))
         return {
             "words": n_words,
             "mean_word_length": _ratio(sum(map(len, words)), n_words),
             "hash_word_ratio": _ratio(text.count("#"), n_words),
             "ellipsis_word_ratio": _ratio(text.count("...") + text.count("…"), n_words),
-            "bullet_lines_ratio": _ratio(sum(line.startswith(self._bullets) for line in lines), n_lines),
-            "ellipsis_lines_ratio": _ratio(sum(line.endswith(("...", "…")) for line in lines), n_lines),
-            "alpha_words_ratio": _ratio(sum(1 for word in words if _HAS_LETTER.search(word)), n_words),
-            "stop_words": sum(word.lower() in stop for word in words),
+            "bullet_lines_ratio": _ratio(sum(map(str.startswith, lines, repeat(self._bullets))), n_lines),
+            "ellipsis_lines_ratio": _ratio(sum(map(str.endswith, lines, repeat(("...", "…")))), n_lines),
+            "alpha_words_ratio": _ratio(alpha_words, n_words),
+            "stop_words": sum(map(self._stop_words.__contains__, map(str.lower, words))),
         }
 
 
@@ -250,6 +264,11 @@ DUP_NGRAM_FIRST_N = 5
 """`max_dup_ngram_char_fracs[i]` is for n-grams of DUP_NGRAM_FIRST_N + i words."""
 
 
+NUMPY_MIN_REPEATED = 256
+"""`ngram_char_fraction_levels` hands over to numpy at the first n with more starts of repeated
+n-grams than this and a quarter of the words."""
+
+
 def ngram_char_fractions(words: Sequence[str], top_ns: Iterable[int], dup_ns: Iterable[int]) -> dict[str, float]:
     """Gopher's n-gram repetition statistics over word n-grams, as fractions of all word characters.
 
@@ -258,25 +277,77 @@ def ngram_char_fractions(words: Sequence[str], top_ns: Iterable[int], dup_ns: It
     occurs twice.
     "dup_{n}": characters covered by every n-gram that occurs more than once, each character
     counted once however many such n-grams cover it.
-
-    O(words × log words) per n in numpy: each n-gram gets a dense id from the (n-1)-gram id at
-    the same start and the word that extends it (one `np.unique` per n, exact, no hashing), and
-    covered words are marked with a +1/-1 difference array and a cumulative sum.
     """
-    top_ns, dup_ns = sorted(set(top_ns)), sorted(set(dup_ns))
+    top_ns, dup_ns = list(top_ns), list(dup_ns)
     out = {f"top_{n}": 0.0 for n in top_ns} | {f"dup_{n}": 0.0 for n in dup_ns}
-    max_n = max([*top_ns, *dup_ns], default=0)
+    for level in ngram_char_fraction_levels(words, top_ns, dup_ns):
+        out.update(level)
+    return out
+
+
+def ngram_char_fraction_levels(words: Sequence[str], top_ns: Iterable[int], dup_ns: Iterable[int]) -> Iterator[dict[str, float]]:
+    """`ngram_char_fractions` one n at a time, by increasing n, so that a caller can stop early.
+
+    Each dict holds the fractions asked for at one n; once no n-gram repeats, the last one holds
+    all the remaining ones (0).
+
+    Exact (n-grams are tuples of their words, so only equal word sequences count together) and
+    cheap on real text: an n-gram can occur twice only where the (n-1)-grams at its start and one
+    word later both do, so each n looks only at those starts. In prose most bigrams occur once and
+    a few percent of the words start a repeated 3-gram, so nearly all the work is counting the
+    bigrams, a few passes over the words. Where most starts stay in play (a passage repeated over
+    and over), Python would pay for each of them at every n, so past `NUMPY_MIN_REPEATED` such
+    starts and a quarter of the words `_ngram_levels_numpy` takes over, whose cost does not depend
+    on how much repeats.
+    """
+    top_set, dup_set = {n for n in top_ns if n >= 1}, {n for n in dup_ns if n >= 1}
+    if not top_set | dup_set:
+        return
+    first, last = min(top_set | dup_set), max(top_set | dup_set)
+    total = sum(map(len, words))
+    grams = list(zip(*(words[i:] for i in range(first))))  # the n-gram at every start, for n = first
+    counts = Counter(grams)
+    # start -> n-gram (a nested tuple of its words), for the n-grams that occur more than once
+    repeated = {start: gram for start, gram in enumerate(grams) if counts[gram] > 1}
+    for n in range(first, last + 1):
+        if n > first:
+            candidates = {start: (gram, words[start + n - 1]) for start, gram in repeated.items() if start + 1 in repeated}
+            counts = Counter(candidates.values())
+            repeated = {start: gram for start, gram in candidates.items() if counts[gram] > 1}
+        if not repeated:  # then no longer n-gram repeats either
+            yield _zero_levels(n, last, top_set, dup_set)
+            return
+        if len(repeated) > max(NUMPY_MIN_REPEATED, len(words) // 4):
+            yield from _ngram_levels_numpy(words, n, last, top_set, dup_set)
+            return
+        level: dict[str, float] = {}
+        if n in top_set:
+            level[f"top_{n}"] = _top_coverage(words, repeated, counts, n) / total
+        if n in dup_set:
+            level[f"dup_{n}"] = _covered_chars(words, repeated, n) / total
+        yield level
+
+
+def _zero_levels(first: int, last: int, top_set: set[int], dup_set: set[int]) -> dict[str, float]:
+    """The fractions asked for from n = first to last, all 0 (once nothing repeats)."""
+    return {f"{kind}_{n}": 0.0 for n in range(first, last + 1) for kind, ns in (("top", top_set), ("dup", dup_set)) if n in ns}
+
+
+def _ngram_levels_numpy(words: Sequence[str], from_n: int, last: int, top_set: set[int], dup_set: set[int]) -> Iterator[dict[str, float]]:
+    """`ngram_char_fraction_levels` from n = from_n, over every start in numpy.
+
+    O(words × log words) per n, however much repeats: each n-gram gets a dense id from the
+    (n-1)-gram id at the same start and the word that extends it (one `np.unique` per n, exact,
+    no hashing), and covered words are marked with a +1/-1 difference array and a cumulative sum.
+    """
     n_words = len(words)
-    if max_n < 1 or n_words < 2:
-        return out
-    index: dict[str, int] = {}
-    word_ids = np.fromiter((index.setdefault(w, len(index)) for w in words), dtype=np.int64, count=n_words)
+    index = dict(zip(dict.fromkeys(words), count()))
+    word_ids = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=n_words)
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=n_words)
     total = float(lengths.sum())
     prefix = np.concatenate(([0], np.cumsum(lengths)))
     vocab = len(index)
     ids = word_ids  # dense ids of the n-grams for the current n, one per start position
-    top_set, dup_set = set(top_ns), set(dup_ns)
 
     def covered_chars(starts: np.ndarray, n: int) -> float:
         delta = np.zeros(n_words + 1, dtype=np.int64)
@@ -284,30 +355,33 @@ def ngram_char_fractions(words: Sequence[str], top_ns: Iterable[int], dup_ns: It
         delta[starts + n] -= 1
         return float(lengths[np.cumsum(delta[:n_words]) > 0].sum())
 
-    for n in range(1, max_n + 1):
+    for n in range(1, last + 1):
         if n > n_words:
-            break
+            yield _zero_levels(max(n, from_n), last, top_set, dup_set)
+            return
         if n > 1:
             keys = ids[:-1] * vocab + word_ids[n - 1 :]  # < words², exact in int64
             _, ids, counts = np.unique(keys, return_inverse=True, return_counts=True)
         else:
             counts = np.bincount(word_ids, minlength=vocab)
-        if counts.max() == 1:
-            break  # no n-gram repeats, so no longer one does: the remaining fractions are 0
+        if counts.max() == 1:  # no n-gram repeats, so no longer one does
+            yield _zero_levels(max(n, from_n), last, top_set, dup_set)
+            return
+        if n < from_n:
+            continue
+        level: dict[str, float] = {}
         if n in top_set:
-            out[f"top_{n}"] = _top_coverage(ids, counts, prefix, n) / total
+            level[f"top_{n}"] = _top_coverage_numpy(ids, counts, prefix, n) / total
         if n in dup_set:
-            repeated = np.flatnonzero(counts[ids] > 1)
-            if len(repeated):
-                out[f"dup_{n}"] = covered_chars(repeated, n) / total
-    return out
+            level[f"dup_{n}"] = covered_chars(np.flatnonzero(counts[ids] > 1), n) / total
+        yield level
 
 
-def _top_coverage(ids: np.ndarray, counts: np.ndarray, prefix: np.ndarray, n: int) -> float:
-    """Characters covered by the most frequent n-gram id (the most covering one among ties).
+def _top_coverage_numpy(ids: np.ndarray, counts: np.ndarray, prefix: np.ndarray, n: int) -> float:
+    """`_top_coverage` over every start: `ids[start]` is the dense id of the n-gram there.
 
-    Occurrences of one n-gram all have the same length, so walking them in order of start, each
-    adds its characters past the end of the previous one: coverage per id is one bincount.
+    Walking the occurrences of one n-gram in order of start, each adds its characters past the
+    end of the previous one: coverage per id is one bincount.
     """
     starts = np.argsort(ids, kind="stable")  # start positions grouped by id, increasing within an id
     grouped = ids[starts]
@@ -318,6 +392,31 @@ def _top_coverage(ids: np.ndarray, counts: np.ndarray, prefix: np.ndarray, n: in
     added = prefix[starts + n] - prefix[begin]
     coverage = np.bincount(grouped, weights=added, minlength=len(counts))
     return float(coverage[counts == counts.max()].max())
+
+
+def _top_coverage(words: Sequence[str], repeated: dict[int, Hashable], counts: Counter[Hashable], n: int) -> int:
+    """Characters covered by the most frequent n-gram (the most covering one among ties).
+
+    `repeated` maps the starts of the repeated n-grams, in increasing order, to their n-gram: each
+    occurrence adds its words past the end of the previous occurrence of the same n-gram.
+    """
+    most = max(map(counts.__getitem__, repeated.values()))
+    covered: dict[Hashable, int] = {}
+    reach: dict[Hashable, int] = {}  # end of the latest occurrence of each n-gram
+    for start, gram in repeated.items():
+        if counts[gram] == most:
+            covered[gram] = covered.get(gram, 0) + sum(map(len, words[max(start, reach.get(gram, 0)) : start + n]))
+            reach[gram] = start + n
+    return max(covered.values())
+
+
+def _covered_chars(words: Sequence[str], starts: Iterable[int], n: int) -> int:
+    """Characters of the words covered by the n-grams at these increasing starts, each counted once."""
+    covered = reach = 0
+    for start in starts:
+        covered += sum(map(len, words[max(start, reach) : start + n]))
+        reach = start + n
+    return covered
 
 
 class GopherRepetitionFilter(RuleFilter):
@@ -353,17 +452,24 @@ class GopherRepetitionFilter(RuleFilter):
         return rules
 
     def measure(self, text: str) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        for stage in self.measure_stages(text):
+            stats.update(stage)
+        return stats
+
+    def measure_stages(self, text: str) -> Iterator[dict[str, float]]:
+        """Paragraph and line statistics, then the n-gram ones one n at a time: a document whose
+        lines already repeat too much is never split into words."""
         paragraphs, lines = split_paragraphs(text), split_lines(text)
         dup_paras, dup_para_chars = duplicates(paragraphs)
         dup_lines, dup_line_chars = duplicates(lines)
-        stats = {
+        yield {
             "dup_para_frac": _ratio(dup_paras, len(paragraphs)),
             "dup_para_char_frac": _ratio(dup_para_chars, sum(map(len, paragraphs))),
             "dup_line_frac": _ratio(dup_lines, len(lines)),
             "dup_line_char_frac": _ratio(dup_line_chars, sum(map(len, lines))),
         }
-        stats.update(ngram_char_fractions(split_words(text), self.top_ns, self.dup_ns))
-        return stats
+        yield from ngram_char_fraction_levels(split_words(text), self.top_ns, self.dup_ns)
 
 
 # ---- C4 -------------------------------------------------------------------------------------
@@ -470,24 +576,26 @@ class C4Filter(Step):
         if why is not None:
             return "", why
         kept: list[str] = []
+        dropped: list[str] = []  # the reason for each dropped line
         sentences = 0
         paragraph_break = False
-        for raw in text.splitlines():
-            line = raw.strip()
+        for line in map(str.strip, text.splitlines()):
             if not line:
                 paragraph_break = bool(kept)
                 continue
-            self.line_stats.read += 1
-            dropped = self.line_reason(line)
-            if dropped is not None:
-                self.line_stats.removed[dropped] += 1
+            reason = self.line_reason(line)
+            if reason is not None:
+                dropped.append(reason)
                 continue
-            self.line_stats.kept += 1
             if paragraph_break:
                 kept.append("")
                 paragraph_break = False
             kept.append(line)
             sentences += max(1, count_sentences(line))
+        kept_lines = len(kept) - kept.count("")  # the "" are paragraph breaks
+        self.line_stats.read += kept_lines + len(dropped)
+        self.line_stats.kept += kept_lines
+        self.line_stats.removed.update(dropped)
         if not kept:
             return "", "c4_no_lines_left"
         if sentences < self.config.min_sentences:
@@ -562,8 +670,8 @@ class FineWebQualityFilter(RuleFilter):
         lines = split_lines(text)
         short = self.config.short_line_length
         return {
-            "line_punct_ratio": _ratio(sum(line.endswith(self._endings) for line in lines), len(lines)),
-            "short_line_ratio": _ratio(sum(len(line) <= short for line in lines), len(lines)),
+            "line_punct_ratio": _ratio(sum(map(str.endswith, lines, repeat(self._endings))), len(lines)),
+            "short_line_ratio": _ratio(sum(1 for line in lines if len(line) <= short), len(lines)),
             "dup_line_char_ratio": _ratio(duplicates(lines)[1], sum(map(len, lines))),
         }
 
