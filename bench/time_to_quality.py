@@ -106,7 +106,7 @@ def prepare(text: str, out: Path, vocab: int) -> dict[str, Any]:
     tokenizer_s = time.perf_counter() - started
     tokenizer.save(out / "tokenizer")
     started = time.perf_counter()
-    manifest = write_shards([Document("train", train_text), Document("val", val_text)], tokenizer, out / "shards", ShardConfig(val_keys=["val"]))
+    manifest = write_shards([Document("train", train_text), Document("val", val_text)], tokenizer, out / "shards", ShardConfig(val_keys=["val"], decontaminate_val=False))  # nanoGPT's split, as is
     shards_s = time.perf_counter() - started
     splits = manifest["splits"]
     return {

@@ -120,7 +120,7 @@ def make_shards(directory: Path, tokens: int = 1_000_000) -> Path:
     tokenizer = train_from_texts(texts[:4], TokenizerTrainConfig(vocab_size=512, special_tokens=[EOT], workers=1))
     tokenizer.save(directory / "tokenizer")
     documents = [Document(f"doc{i}", text) for i, text in enumerate(texts)]
-    write_shards(documents, tokenizer, directory / "shards", ShardConfig(val_fraction=0.05, workers=1))
+    write_shards(documents, tokenizer, directory / "shards", ShardConfig(val_fraction=0.05, workers=1, decontaminate_val=False))
     return directory / "shards"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -281,3 +282,27 @@ def test_manifest_problems(tmp_path: Path, tokenizer: Tokenizer) -> None:
     (output / MANIFEST).write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         read_manifest(output)
+
+
+def test_val_split_is_cut_clean_of_train(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    shared = "the wind in the willows sang of rivers and boats and the long green days of summer by the water " * 2
+    docs = [Document(f"t{i}", synthetic_text(300 + i, 400)) for i in range(6)]
+    docs[2].text += "\n\n" + shared  # train has the passage...
+    val = [Document("v0", synthetic_text(400, 300) + "\n\n" + shared + "\n\n" + synthetic_text(401, 300)), Document("v1", synthetic_text(402, 300))]
+    output, manifest = shards(tmp_path, tokenizer, docs + val, val_keys=["v0", "v1"])
+    report = manifest["val_decontamination"]
+    assert report["train_documents_sharing"] == 1 and report["val_documents_cut"] == 1
+    assert report["examples"][0]["val_group"] == "v0" and report["examples"][0]["train_group"] == "t2"
+    # ...which GPT-3's rule cuts from v0 with 200 characters either side: two pieces stay.
+    assert manifest["splits"]["val"]["documents"] == 3
+
+    def grams(text: str) -> set[tuple[str, ...]]:  # independently of the decontamination code
+        words = re.findall(r"[^\W_]+", text.lower())
+        return {tuple(words[i : i + 13]) for i in range(len(words) - 12)}
+
+    train = set().union(*(grams(tokenizer.decode(ids)) for ids in read_documents_tokens(output, "train")))
+    val_texts = [tokenizer.decode(ids) for ids in read_documents_tokens(output, "val")]
+    assert not set().union(*map(grams, val_texts)) & train
+    assert val_texts[-1] == val[1].text  # untouched documents pass unchanged
+    _, unchecked = shards(tmp_path, tokenizer, docs + val, val_keys=["v0", "v1"], decontaminate_val=False)
+    assert unchecked["val_decontamination"] is None and unchecked["splits"]["val"]["documents"] == 2

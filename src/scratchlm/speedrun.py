@@ -113,7 +113,7 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     val_documents = clock.run("decontaminate", lambda: list(decontaminate.run(d for d in documents if d.meta["work"] in config.val_works)))
     tokenizer = clock.run("tokenizer", train_from_texts, [d.text for d in train_documents], TokenizerTrainConfig(vocab_size=config.vocab_size), "shakespeare")
     tokenizer.save(out / "tokenizer")
-    manifest = clock.run("shards", write_shards, train_documents + val_documents, tokenizer, out / "shards", ShardConfig(val_key="work", val_keys=list(config.val_works)))
+    manifest = clock.run("shards", write_shards, train_documents + val_documents, tokenizer, out / "shards", ShardConfig(val_key="work", val_keys=list(config.val_works), decontaminate_val=False))  # done above, with its report
 
     run_config = load_config(RunConfig, resolve_config_file(PRESETS[config.preset]), overrides or [], base={
         "data": {"shards": str(out / "shards"), "tokenizer": str(out / "tokenizer")},

@@ -38,6 +38,13 @@ on the input order, and val takes groups in that order while that brings its tok
 to `val_fraction` of the total (always at least one group). Hitting the fraction needs the total
 first, so documents are tokenized into a spool file in one streaming pass and copied into the
 split files in a second; the corpus never has to fit in memory.
+
+Between the passes, with `decontaminate_val` (the default), the val split is cleaned of train:
+GPT-3's rule, every word 13-gram a val document shares with a train document is cut out with 200
+characters either side (pieces under 200 characters dropped, the rest kept as documents). It
+indexes the val documents' n-grams, scans every train document (decoded from the spool) for them,
+and cuts with an index of only the train documents that matched; the manifest's
+`val_decontamination` says what it cut.
 """
 
 from __future__ import annotations
@@ -100,6 +107,8 @@ class ShardConfig:
     """Seed of the group order that decides which groups go to val."""
     workers: int = 0
     """Tokenizer threads; 0 means one per CPU core."""
+    decontaminate_val: bool = True
+    """Cut every word 13-gram that a val document shares with a train document out of val (GPT-3's rule, ±200 characters), so val measures text the model has not seen."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_tokens <= MAX_FILE_TOKENS:
@@ -225,7 +234,8 @@ def write_shards(documents: Iterable[Document], tokenizer: Tokenizer, output: st
         spool = _tokenize(documents, tokenizer, tmp / "spool.bin", config)
         is_val, rule = _choose_val_groups(spool, config)
         doc_is_val = is_val[np.frombuffer(spool.doc_group, dtype=np.int64)]
-        splits = _write_splits(spool, doc_is_val, tokenizer, tmp, config)
+        replacements, cleaning = _decontaminate_val(spool, doc_is_val, tokenizer) if config.decontaminate_val and doc_is_val.any() else ({}, None)
+        splits = _write_splits(spool, doc_is_val, tokenizer, tmp, config, replacements)
         spool.path.unlink()
         manifest = {
             "format": FORMAT_NAME,
@@ -239,6 +249,7 @@ def write_shards(documents: Iterable[Document], tokenizer: Tokenizer, output: st
             "documents_in": spool.documents_in,
             "empty_documents": spool.empty,
             "split_rule": rule,
+            "val_decontamination": cleaning,
             "splits": splits,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -328,16 +339,60 @@ def _group_rank(seed: int, key: str) -> bytes:
     return hashlib.sha256(f"{seed}\0{key}".encode()).digest()
 
 
-def _write_splits(spool: _Spool, doc_is_val: np.ndarray, tokenizer: Tokenizer, directory: Path, config: ShardConfig) -> dict[str, dict[str, Any]]:
-    """Pass two: copy each document from the spool into its split's shard files, in input order."""
+def _spooled_texts(spool: _Spool, rows: Iterable[int], tokenizer: Tokenizer) -> Iterator[tuple[int, str]]:
+    """(row, text) of spooled documents, decoded back (byte-level BPE gives back the exact text)."""
+    tokens = np.memmap(spool.path, dtype=token_dtype(tokenizer.vocab_size), mode="r")
+    ends = np.cumsum(spool.doc_tokens)
+    for row in rows:
+        end = int(ends[row])
+        yield row, tokenizer.decode(tokens[end - spool.doc_tokens[row] : end].tolist())
+
+
+def _decontaminate_val(spool: _Spool, doc_is_val: np.ndarray, tokenizer: Tokenizer) -> tuple[dict[int, list[str]], dict[str, Any]]:
+    """Val documents that share a 13-gram with train, each with the pieces that stay (see the module docstring)."""
+    from scratchlm.data.decontaminate import Decontaminate, DecontaminateConfig, NGramIndex
+
+    settings = DecontaminateConfig(mode="cut", max_pieces=1 << 62, min_item_words=13)
+    val_rows = np.flatnonzero(doc_is_val).tolist()
+    train_rows = np.flatnonzero(~doc_is_val).tolist()
+    val_index = NGramIndex.from_texts(((str(row), text) for row, text in _spooled_texts(spool, val_rows, tokenizer)), settings.ngram, settings.min_item_words)
+    sharing: list[tuple[str, str]] = []
+    with progress_bar("checking val against train", total=len(train_rows)) as advance:
+        for row, text in _spooled_texts(spool, train_rows, tokenizer):
+            if val_index._spans(text):
+                sharing.append((str(row), text))
+            advance(1)
+    report: dict[str, Any] = {"ngram": settings.ngram, "train_documents_sharing": len(sharing), "val_documents_cut": 0, "val_bytes_cut": 0, "examples": []}
+    if not sharing:
+        return {}, report
+    keys = list(spool.group_index)
+    cut = Decontaminate(settings, index=NGramIndex.from_texts(sharing, settings.ngram, settings.min_item_words))
+    replacements: dict[int, list[str]] = {}
+    for row, text in _spooled_texts(spool, val_rows, tokenizer):
+        pieces = [d.text for d in cut.run([Document(str(row), text)])]
+        if pieces != [text]:
+            replacements[row] = pieces
+            report["val_bytes_cut"] += len(text.encode("utf-8")) - sum(len(p.encode("utf-8")) for p in pieces)
+    report["val_documents_cut"] = len(replacements)
+    report["examples"] = [{"val_group": keys[spool.doc_group[int(m["document_id"])]], "train_group": keys[spool.doc_group[int(m["benchmark_item"])]], "ngram_example": m["ngram_example"]} for m in cut.matches[:20]]
+    return replacements, report
+
+
+def _write_splits(spool: _Spool, doc_is_val: np.ndarray, tokenizer: Tokenizer, directory: Path, config: ShardConfig, replacements: dict[int, list[str]]) -> dict[str, dict[str, Any]]:
+    """Pass two: copy each document from the spool into its split's shard files, in input order
+    (a val document that decontamination cut goes in as its pieces, encoded again)."""
     assert tokenizer.eot_id is not None
     names = ["train", "val"] if doc_is_val.any() else ["train"]
     writers = {name: ShardWriter(directory, name, tokenizer.vocab_size, tokenizer.eot_id, config.shard_tokens) for name in names}
     tokens = np.memmap(spool.path, dtype=token_dtype(tokenizer.vocab_size), mode="r")
     ends = np.cumsum(spool.doc_tokens)
     with progress_bar("writing shards", total=len(tokens)) as advance:
-        for end, length, n_bytes, val in zip(ends.tolist(), spool.doc_tokens, spool.doc_bytes, doc_is_val.tolist()):
-            writers["val" if val else "train"].add(tokens[end - length : end], n_bytes)
+        for row, (end, length, n_bytes, val) in enumerate(zip(ends.tolist(), spool.doc_tokens, spool.doc_bytes, doc_is_val.tolist())):
+            if row in replacements:
+                for piece, ids in zip(replacements[row], tokenizer.encode_batch(replacements[row], num_threads=1)):
+                    writers["val"].add(ids, len(piece.encode("utf-8")))
+            else:
+                writers["val" if val else "train"].add(tokens[end - length : end], n_bytes)
             advance(length)
     del tokens  # release the memory map before the spool file is deleted
     return {name: writer.close() for name, writer in writers.items()}
