@@ -356,17 +356,22 @@ def _decontaminate_val(spool: _Spool, doc_is_val: np.ndarray, tokenizer: Tokeniz
     val_rows = np.flatnonzero(doc_is_val).tolist()
     train_rows = np.flatnonzero(~doc_is_val).tolist()
     val_index = NGramIndex.from_texts(((str(row), text) for row, text in _spooled_texts(spool, val_rows, tokenizer)), settings.ngram, settings.min_item_words)
-    sharing: list[tuple[str, str]] = []
+    # Only the train passages that match go into the cutting index, not whole train documents:
+    # a corpus whose val repeats much of train would otherwise index all of train again.
+    passages: list[tuple[str, str]] = []
+    sharing = 0
     with progress_bar("checking val against train", total=len(train_rows)) as advance:
         for row, text in _spooled_texts(spool, train_rows, tokenizer):
-            if val_index._spans(text):
-                sharing.append((str(row), text))
+            spans = val_index._spans(text)
+            if spans:
+                sharing += 1
+                passages.extend((str(row), text[start:end]) for start, end in _merged(spans))
             advance(1)
-    report: dict[str, Any] = {"ngram": settings.ngram, "train_documents_sharing": len(sharing), "val_documents_cut": 0, "val_bytes_cut": 0, "examples": []}
-    if not sharing:
+    report: dict[str, Any] = {"ngram": settings.ngram, "train_documents_sharing": sharing, "val_documents_cut": 0, "val_bytes_cut": 0, "examples": []}
+    if not passages:
         return {}, report
     keys = list(spool.group_index)
-    cut = Decontaminate(settings, index=NGramIndex.from_texts(sharing, settings.ngram, settings.min_item_words))
+    cut = Decontaminate(settings, index=NGramIndex.from_texts(passages, settings.ngram, settings.min_item_words))
     replacements: dict[int, list[str]] = {}
     for row, text in _spooled_texts(spool, val_rows, tokenizer):
         pieces = [d.text for d in cut.run([Document(str(row), text)])]
@@ -376,6 +381,17 @@ def _decontaminate_val(spool: _Spool, doc_is_val: np.ndarray, tokenizer: Tokeniz
     report["val_documents_cut"] = len(replacements)
     report["examples"] = [{"val_group": keys[spool.doc_group[int(m["document_id"])]], "train_group": keys[spool.doc_group[int(m["benchmark_item"])]], "ngram_example": m["ngram_example"]} for m in cut.matches[:20]]
     return replacements, report
+
+
+def _merged(spans: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of the overlapping runs of sorted (start, end, item) spans."""
+    runs: list[list[int]] = []
+    for start, end, _ in spans:
+        if runs and start <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    return [(start, end) for start, end in runs]
 
 
 def _write_splits(spool: _Spool, doc_is_val: np.ndarray, tokenizer: Tokenizer, directory: Path, config: ShardConfig, replacements: dict[int, list[str]]) -> dict[str, dict[str, Any]]:
