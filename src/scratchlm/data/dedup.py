@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from scratchlm.data.documents import Document
-from scratchlm.data.pipeline import GlobalStep
+from scratchlm.data.pipeline import GlobalStep, batched
 from scratchlm.errors import UserError
 
 # ---- normalization ----------------------------------------------------------------------------
@@ -167,18 +167,11 @@ class ExactDedup(GlobalStep):
         return remove
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        # Streams (the first copy wins as it arrives), where GlobalStep.run would hold every document.
-        for document in documents:
-            self.stats.read += 1
-            key = self.digest(document.text)
-            first = self._seen.get(key)
-            if first is None:
-                self._seen[key] = document.id
-                self.stats.kept += 1
-                yield document
-            else:
-                self.duplicates[document.id] = first
-                self.remove(document, self.removal_reason)
+        # Streams, where GlobalStep.run would hold every document: the first-seen digests persist
+        # across calls to `decide`, so deciding batch by batch is the same as deciding once.
+        for batch in batched(documents, self.batch_documents):
+            remove = self.decide([d.id for d in batch], self.keys([d.text for d in batch]))
+            yield from self.dropping(remove).run(batch)
 
     def details(self) -> dict[str, Any]:
         return {"duplicates": len(self.duplicates), "examples": dict(list(self.duplicates.items())[:20])}

@@ -132,10 +132,13 @@ class GlobalStep(Step):
         if not batches:
             return
         remove = self.decide([d.id for batch in batches for d in batch], np.concatenate(keys))
+        yield from self.dropping(remove).run(d for batch in batches for d in batch)
+
+    def dropping(self, remove: np.ndarray) -> DropStep:
+        """A DropStep for these decisions that counts into this step's stats and removal hook."""
         drop = DropStep(self.name, remove, self.removal_reason)
-        drop.on_removed = self.on_removed
-        yield from drop.run(d for batch in batches for d in batch)
-        self.stats = drop.stats
+        drop.stats, drop.on_removed = self.stats, self.on_removed
+        return drop
 
 
 class DropStep(Step):
@@ -148,18 +151,20 @@ class DropStep(Step):
         self.reason = reason
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
+        flags = self.remove_flags.tolist()
+        position = 0
         for document in documents:
-            if self.stats.read >= len(self.remove_flags):
+            if position >= len(flags):
                 raise RuntimeError(f"{self.name}: more documents than decisions; the work files of this run are inconsistent.")
-            removed = bool(self.remove_flags[self.stats.read])
             self.stats.read += 1
-            if removed:
+            if flags[position]:
                 self.remove(document, self.reason)
             else:
                 self.stats.kept += 1
                 yield document
-        if self.stats.read != len(self.remove_flags):
-            raise RuntimeError(f"{self.name}: {len(self.remove_flags) - self.stats.read} decisions without documents; the work files of this run are inconsistent.")
+            position += 1
+        if position != len(flags):
+            raise RuntimeError(f"{self.name}: {len(flags) - position} decisions without documents; the work files of this run are inconsistent.")
 
 
 def _merge_value(a: Any, b: Any) -> Any:
