@@ -17,21 +17,21 @@ measured in the same run, because these machines are noisy.
 - reference: what nanoGPT's train.py/bench.py do on a CPU: fp32 (no autocast on CPU), eager,
   AdamW without `fused` (nanoGPT fuses only on CUDA), forward + backward + step +
   zero_grad(set_to_none) per iteration, on random token batches (torch.randint).
-- scratchlm: the step `scratchlm.train.loop.pretrain` runs, replicated line by line (pretrain()
-  itself builds a model, measures a peak, evaluates and writes a checkpoint each call, which a
-  round-by-round race cannot repeat cheaply): autocast in the dtype the loop picks (`--dtype`,
-  default auto: bf16 autocast on CPUs whose bf16 matmuls measure faster than fp32, i.e. with
-  AVX-512 BF16 or AMX; fp32 on AVX2-only CPUs, where bf16 falls back to a path 10-100× slower),
-  through the loop's own `resolve_dtype` and `_autocast`; batches from a real TokenLoader over
-  shards written by `write_shards` (data loading is timed); AdamW from `make_optimizer`; the
-  learning rate set per step; the loss read back with float() and checked; gradient clipping;
-  zero_grad(set_to_none=True).
-- pretrain(): the real loop, called once per round on the same shards and shape (eval only at the
-  end, no samples, no checkpoints in between); its time is the difference of the `elapsed_s` its
-  metrics.jsonl logs at the end of the warmup steps and at the end of the timed steps, so its
-  setup, final evaluation and checkpoint are not counted but everything it does per step is
-  (progress bar, metrics lines, time-budget checks). It checks that the replica above is the
-  loop's real speed. `--no-loop` leaves it out.
+- scratchlm: `Trainer.train_step`, the very step `pretrain` runs, on a Trainer from `build_run`
+  (the real run assembly: `parallelize`, `make_optimizer`, a TokenLoader over shards written by
+  `write_shards`, data loading timed), in the dtype the run picks (`--dtype`, default auto: bf16
+  autocast on CPUs whose bf16 matmuls measure faster than fp32, i.e. with AVX-512 BF16 or AMX;
+  fp32 on AVX2-only CPUs, where bf16 falls back to a path 10-100× slower). The loss is the model's
+  chunked head + cross-entropy (model/loss.py), which never holds all B·T·V logits.
+- pretrain(): the whole loop, called once per round on the same shards and shape (eval only at
+  the end, no samples, no checkpoints in between); its time is the difference of the `train_s`
+  its metrics.jsonl logs at the end of the warmup steps and at the end of the timed steps, so
+  its setup, evaluation and checkpoint are not counted but everything it does per step is
+  (progress bar, metrics lines, time-budget checks). `--no-loop` leaves it out.
+
+Peak memory: each contender also runs `--warmup` + `--steps` steps alone in a fresh process, and
+the process's peak resident set size (VmHWM) is reported, less the peak it had when the model and
+data were built (so the figure is what the training steps add).
 
 Model FLOPs per token are `GPT.flops_per_token(T)` (6 per matmul parameter + attention scores).
 The bf16 and fp32 matmul peaks are measured in the same run, before and after each shape's race
@@ -39,12 +39,11 @@ The bf16 and fp32 matmul peaks are measured in the same run, before and after ea
 native bf16 the bf16 peak is measured at 512×512, because one 2048² bf16 matmul takes ~15 s
 there, and is only shown for context). MFU = achieved FLOP/s over the machine's best matmul peak
 (bf16 where it is native, else fp32), so the figures of both contenders share one denominator;
-the JSON also has each against the bf16 and the fp32 peak. `--breakdown` adds where the time of one
-step goes (data, forward, backward, loss read-back, clipping, optimizer), phase by phase.
+the JSON also has each against the bf16 and the fp32 peak.
 
     python bench/train_throughput.py [--shapes a b] [--rounds 3] [--steps 10] [--warmup 3]
                                      [--threads N] [--vocab 50304] [--dtype auto]
-                                     [--no-loop] [--breakdown] [--json out.json]
+                                     [--no-loop] [--no-memory] [--json out.json]
 """
 
 from __future__ import annotations
@@ -56,31 +55,27 @@ import os
 import random
 import shutil
 import string
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from scratchlm.console import set_quiet
 from scratchlm.data.documents import Document
-from scratchlm.data.loader import TokenLoader
 from scratchlm.data.shards import ShardConfig, write_shards
 from scratchlm.model.gpt import GPT, GPTConfig
+from scratchlm.runtime import cpu_bf16_is_faster, cpu_model
 from scratchlm.tokenizer.tokenizer import EOT
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
-from scratchlm.train.loop import (
-    DataConfig,
-    RunConfig,
-    TrainConfig,
-    _autocast,
-    cpu_bf16_is_faster,
-    pretrain,
-    resolve_dtype,
-)
 from scratchlm.train.metrics import measure_matmul_peak, read_metrics
-from scratchlm.train.optim import OptimConfig, lr_at, make_optimizer
+from scratchlm.train.optim import OptimConfig, lr_at
+from scratchlm.train.run import build_run, pretrain
+from scratchlm.train.settings import DataConfig, RunConfig, TrainConfig
 
 SHAPES = {
     "a": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12},
@@ -153,97 +148,38 @@ class Reference:
         started = time.perf_counter()
         for _ in range(n):
             x, y = self.batch()
-            _, loss = self.model(x, y)
+            # nanoGPT's GPT.forward with targets: the whole logits, then F.cross_entropy.
+            logits, _ = self.model(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1)
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started
 
-    def breakdown(self, n: int) -> dict[str, float]:
-        """Seconds per phase over n steps (CPU ops are synchronous, so the clock is exact)."""
-        times = dict.fromkeys(("data", "forward", "backward", "optimizer", "zero_grad"), 0.0)
-        for _ in range(n):
-            t0 = time.perf_counter()
-            x, y = self.batch()
-            t1 = time.perf_counter()
-            _, loss = self.model(x, y)
-            t2 = time.perf_counter()
-            loss.backward()
-            t3 = time.perf_counter()
-            self.optimizer.step()
-            t4 = time.perf_counter()
-            self.optimizer.zero_grad(set_to_none=True)
-            t5 = time.perf_counter()
-            for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                times[key] += dt
-        return times
-
 
 class Ours:
-    """scratchlm's training step, as `pretrain` runs it (see the loop body in train/loop.py)."""
+    """scratchlm's training step: `Trainer.train_step` on a Trainer from `build_run`."""
 
-    def __init__(self, config: GPTConfig, batch_size: int, shards: Path, dtype: str) -> None:
-        torch.manual_seed(SEED)
-        self.device = torch.device("cpu")
-        self.dtype = resolve_dtype(dtype, self.device)  # the loop's choice for train.dtype
-        self.optim = OptimConfig()
-        self.model = GPT(config).to(self.device)
-        self.model.train()
-        self.optimizer = make_optimizer(self.model, self.optim, self.device.type)
-        self.loader = TokenLoader(shards, "train", batch_size, config.block_size, mode="random", seed=SEED, device=self.device)
-        self.autocast = _autocast(self.device, self.dtype)
-        self.grad_accum = 1  # batch_tokens = micro_batch_size × block_size
-        self.step, self.horizon = 0, 10**6
+    def __init__(self, config: GPTConfig, batch_size: int, shards: Path, dtype: str, work: Path, peak: float) -> None:
+        tokens = batch_size * config.block_size
+        run = RunConfig(
+            model=config,
+            data=DataConfig(shards=str(shards)),
+            optim=OptimConfig(),
+            train=TrainConfig(out_dir=str(work / "ours"), batch_tokens=tokens, micro_batch_size=batch_size, max_steps=10**6, sample_tokens=0, dtype=dtype, device="cpu", peak_flops=peak, seed=SEED),
+        )
+        self.trainer, _ = build_run(run)
+        self.dtype = self.trainer.dtype
+        self.model = self.trainer.checkpoint_model
+        self.trainer.model.train()
+        self.step = 0
 
     def steps(self, n: int) -> float:
         started = time.perf_counter()
         for _ in range(n):
-            self.one_step()
+            self.trainer.train_step(lr_at(self.step, self.trainer.settings.max_steps, self.trainer.optim))
+            self.step += 1
         return time.perf_counter() - started
-
-    def one_step(self, times: dict[str, float] | None = None) -> None:
-        # This mirrors the body of pretrain()'s `while step < horizon` loop, minus logging.
-        clock = time.perf_counter
-        t0 = clock()
-        lr = lr_at(self.step, self.horizon, self.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        data = forward = backward = 0.0
-        for _ in range(self.grad_accum):
-            a = clock()
-            x, y = self.loader.next_batch()
-            b = clock()
-            with self.autocast:
-                _, loss = self.model(x, y)
-            c = clock()
-            (loss / self.grad_accum).backward()
-            loss_sum += loss.detach()
-            d = clock()
-            data, forward, backward = data + b - a, forward + c - b, backward + d - c
-        e = clock()
-        loss_value = float(loss_sum) / self.grad_accum
-        if not math.isfinite(loss_value):
-            raise RuntimeError(f"loss became {loss_value}")
-        f = clock()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")))
-        g = clock()
-        self.optimizer.step()
-        h = clock()
-        self.optimizer.zero_grad(set_to_none=True)
-        i = clock()
-        del grad_norm
-        self.step += 1
-        if times is not None:
-            phases = {"lr+misc": (a - t0) + (e - d), "data": data, "forward": forward, "backward": backward, "loss read-back": f - e, "clip": g - f, "optimizer": h - g, "zero_grad": i - h}
-            for key, dt in phases.items():
-                times[key] = times.get(key, 0.0) + dt
-
-    def breakdown(self, n: int) -> dict[str, float]:
-        times: dict[str, float] = {}
-        for _ in range(n):
-            self.one_step(times)
-        return times
 
 
 class Loop:
@@ -271,10 +207,10 @@ class Loop:
         )
         try:
             pretrain(run)
-            elapsed = {r["step"]: r["elapsed_s"] for r in read_metrics(out_dir / "metrics.jsonl") if "elapsed_s" in r}
+            train_s = {r["step"]: r["train_s"] for r in read_metrics(out_dir / "metrics.jsonl") if "loss" in r}
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
-        return elapsed[self.warmup + self.steps_timed] - elapsed.get(self.warmup, 0.0)
+        return train_s[self.warmup + self.steps_timed] - train_s.get(self.warmup, 0.0)
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
@@ -292,7 +228,8 @@ def bench_shape(name: str, args: argparse.Namespace, shards: Path, work: Path) -
     config = model_config(shape, args.vocab)
     peaks = matmul_peaks()
 
-    reference, ours = Reference(config, B), Ours(config, B, shards, args.dtype)
+    # The measured peak goes in as train.peak_flops, so the run does not measure it again.
+    reference, ours = Reference(config, B), Ours(config, B, shards, args.dtype, work, max(peaks["bf16"], peaks["fp32"]))
     model = ours.model
     flops_per_token = model.flops_per_token(T)
     head_share = 6 * config.vocab_size * config.n_embd / flops_per_token
@@ -300,7 +237,6 @@ def bench_shape(name: str, args: argparse.Namespace, shards: Path, work: Path) -
     ours.steps(args.warmup)
     contenders: dict[str, Callable[[], float]] = {"reference": lambda: reference.steps(args.steps), "scratchlm": lambda: ours.steps(args.steps)}
     if args.loop:
-        # The measured peak goes in as train.peak_flops, so pretrain() does not measure it each round.
         loop = Loop(config, B, shards, args.dtype, work, args.warmup, args.steps, max(peaks["bf16"], peaks["fp32"]))
         contenders["pretrain()"] = loop.run
     best = race(contenders, args.rounds)
@@ -332,15 +268,48 @@ def bench_shape(name: str, args: argparse.Namespace, shards: Path, work: Path) -
         "shape": name, **shape, "vocab_size": config.vocab_size, "num_params": model.num_params(), "flops_per_token": flops_per_token, "head_flops_share": head_share,
         "peak_bf16_flops": peak_bf16, "peak_fp32_flops": peak_fp32, "bf16_native": peaks["bf16_native"], "threads": torch.get_num_threads(), "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "rows": rows,
     }
-    if args.breakdown:
-        result["breakdown_ms_per_step"] = {}
-        for contender, runner in (("reference", reference), ("scratchlm", ours)):
-            times = runner.breakdown(args.steps)
-            total = sum(times.values())
-            per_step = {k: 1e3 * v / args.steps for k, v in times.items()}
-            result["breakdown_ms_per_step"][contender] = per_step
-            print(f"  {contender} per step: " + ", ".join(f"{k} {v:.1f} ms ({times[k] / total:.0%})" for k, v in per_step.items()))
+    if args.memory:
+        result["peak_memory_mb"] = {}
+        for contender in ("reference", "scratchlm"):
+            added = step_memory_mb(contender, name, args, shards)
+            result["peak_memory_mb"][contender] = added
+        mb = result["peak_memory_mb"]
+        print(f"  peak memory the steps add (fresh process each, peak RSS): reference {mb['reference']:,.0f} MB, scratchlm {mb['scratchlm']:,.0f} MB ({mb['scratchlm'] / mb['reference']:.2f}×)")
     return result
+
+
+def step_memory_mb(contender: str, shape: str, args: argparse.Namespace, shards: Path) -> float:
+    """Peak RSS the training steps add, measured in a fresh process (see `memory_probe`)."""
+    command = [sys.executable, __file__, "--memory-probe", contender, "--shapes", shape, "--shards-dir", str(shards), "--vocab", str(args.vocab), "--dtype", args.dtype, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    return (figures["after_kb"] - figures["before_kb"]) / 1024
+
+
+def peak_rss_kb() -> int:
+    """The process's peak resident set size (VmHWM) since the last `reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def reset_peak_rss() -> None:
+    # A forked child starts with its parent's high-water mark (kept across exec); writing 5 to
+    # clear_refs resets it to the current RSS (Linux).
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """In a fresh process: build one contender, note the peak RSS, run its steps, note it again."""
+    reset_peak_rss()
+    shape = SHAPES[args.shapes[0]]
+    config = model_config(shape, args.vocab)
+    with tempfile.TemporaryDirectory(prefix="scratchlm-bench-") as directory:
+        runner = Reference(config, shape["batch_size"]) if args.memory_probe == "reference" else Ours(config, shape["batch_size"], Path(args.shards_dir), args.dtype, Path(directory), 1.0)
+        before = peak_rss_kb()
+        runner.steps(args.warmup + args.steps)
+        after = peak_rss_kb()
+    print(json.dumps({"before_kb": before, "after_kb": after}))
 
 
 def main() -> None:
@@ -353,14 +322,19 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=50304, help="Embedding rows (GPT-2's 50257 padded to 50304, as nanoGPT).")
     parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto", help="scratchlm's train.dtype (auto: the loop's choice for this CPU).")
     parser.add_argument("--no-loop", dest="loop", action="store_false", help="Leave out the pretrain() contender.")
-    parser.add_argument("--breakdown", action="store_true", help="Also time each phase of a step.")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="Leave out the peak-memory measurement.")
     parser.add_argument("--json", help="Also write the figures to this file.")
+    parser.add_argument("--memory-probe", choices=["reference", "scratchlm"], help=argparse.SUPPRESS)
+    parser.add_argument("--shards-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if min(args.rounds, args.steps) < 1 or args.warmup < 0:
         parser.error("--rounds and --steps must be at least 1 and --warmup at least 0.")
     set_quiet(True)
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.rounds} rounds of {args.steps} steps after {args.warmup} warmup steps")
+    if args.memory_probe:
+        memory_probe(args)
+        return
+    print(f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.rounds} rounds of {args.steps} steps after {args.warmup} warmup steps")
 
     results = []
     with tempfile.TemporaryDirectory(prefix="scratchlm-bench-") as directory:
@@ -370,7 +344,7 @@ def main() -> None:
             results.append(bench_shape(name, args, shards, work))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "shapes": results}, f, indent=2)
+            json.dump({"cpu": cpu_model(), "torch": torch.__version__, "shapes": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from scratchlm.console import set_quiet
+from scratchlm.data.documents import Document
+from scratchlm.data.shards import ShardConfig, write_shards
+from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SCRATCHLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -50,3 +53,12 @@ def synthetic_text(seed: int, n_words: int = 3000) -> str:
         r = rng.random()
         out.append(". " if r < 0.05 else ",\n" if r < 0.08 else "'s " if r < 0.1 else "  " if r < 0.11 else " ")
     return "".join(out)
+
+
+def make_data(directory: Path, texts: list[str], vocab_size: int = 300) -> Path:
+    """tokenizer/ and shards/ under `directory` (the last text is the validation split); returns shards/."""
+    tokenizer = train_from_texts(texts[:-1], TokenizerTrainConfig(vocab_size=vocab_size, workers=1))
+    tokenizer.save(directory / "tokenizer")
+    documents = [Document(f"d{i}", text, {"part": "val" if i == len(texts) - 1 else "train"}) for i, text in enumerate(texts)]
+    write_shards(documents, tokenizer, directory / "shards", ShardConfig(val_key="part", val_keys=["val"], workers=1))
+    return directory / "shards"

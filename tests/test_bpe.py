@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scratchlm.tokenizer.bpe import (
     PATTERNS,
     count_chunks,
+    cut_chunk,
     learn_merges,
     merges_to_ranks,
     split_pieces,
@@ -84,3 +85,22 @@ def test_parallel_count_equals_serial_count() -> None:
 def test_special_tokens_are_cut_out_before_counting() -> None:
     counts = count_chunks(["hello<|endoftext|>world"], PATTERNS["gpt2"], ["<|endoftext|>"], workers=1)
     assert counts == Counter({"hello": 1, "world": 1})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.integers(4, 40))
+def test_cut_chunk_bounds_pieces_at_character_boundaries(text: str, max_bytes: int) -> None:
+    chunk = text.encode("utf-8", errors="replace")
+    pieces = list(cut_chunk(chunk, max_bytes))
+    assert b"".join(pieces) == chunk
+    assert all(0 < len(piece) <= max_bytes for piece in pieces) or pieces == [b""]
+    for piece in pieces:
+        piece.decode("utf-8")  # whole characters only
+    assert list(cut_chunk(chunk, 0)) == [chunk]
+
+
+def test_progress_counts_utf8_bytes() -> None:
+    texts = ["héllo wörld " * 50_000, "日本語のテキスト " * 1000, "plain"]
+    seen: list[int] = []
+    count_chunks(texts, PATTERNS["gpt2"], workers=1, on_bytes=seen.append)
+    assert sum(seen) == sum(len(text.encode()) for text in texts)

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from conftest import synthetic_text
 from safetensors import safe_open
 
+from scratchlm.checkpoints import find_checkpoint, load_model
 from scratchlm.errors import UserError
 from scratchlm.generate.engine import generate, generate_tokens
 from scratchlm.generate.sampling import SamplingConfig, sample_next
 from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
-from scratchlm.train.checkpoint import load_model, resolve_checkpoint, save_checkpoint
+from scratchlm.train.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -68,13 +69,13 @@ def collect(*args: object, **kwargs: object) -> list[list[int]]:
 class NextTokenModel(GPT):
     """A GPT whose next token is always (last + 1) mod V, with a large margin; honours the cache."""
 
-    def forward(self, idx, targets=None, cache=None):  # type: ignore[override]
+    def forward(self, idx, targets=None, cache=None, last_only=False):  # type: ignore[override]
         V = self.config.vocab_size
         if cache is not None:
             assert cache.length + idx.size(1) <= cache.max_length
             cache.advance(idx.size(1))
         logits = 10.0 * F.one_hot((idx + 1) % V, V).float()
-        return logits, None
+        return (logits[:, -1:] if last_only else logits), None
 
 
 class FixedDistributionModel(GPT):
@@ -84,10 +85,10 @@ class FixedDistributionModel(GPT):
         super().__init__(config)
         self.fixed = logits
 
-    def forward(self, idx, targets=None, cache=None):  # type: ignore[override]
+    def forward(self, idx, targets=None, cache=None, last_only=False):  # type: ignore[override]
         if cache is not None:
             cache.advance(idx.size(1))
-        return self.fixed.expand(idx.size(0), idx.size(1), -1).clone(), None
+        return self.fixed.expand(idx.size(0), 1 if last_only else idx.size(1), -1).clone(), None
 
 
 # ---- greedy decoding ------------------------------------------------------------------------
@@ -374,17 +375,17 @@ def test_checkpoint_round_trip(tmp_path: Path, tokenizer: Tokenizer, overrides: 
 def test_resolve_checkpoint_picks_newest_and_keep_deletes_older(tmp_path: Path, tokenizer: Tokenizer) -> None:
     model = make_model(vocab_size=300)
     first = save(tmp_path, 1, model, tokenizer, keep=5)
-    assert resolve_checkpoint(tmp_path) == first
-    assert resolve_checkpoint(first) == first
+    assert find_checkpoint(tmp_path).path == first
+    assert find_checkpoint(first).path == first
     save(tmp_path, 2, model, tokenizer, keep=5)
     newest = save(tmp_path, 10, model, tokenizer, keep=5)  # 10 after 2: numeric order, not text
-    assert resolve_checkpoint(tmp_path) == newest
+    assert find_checkpoint(tmp_path).path == newest
     assert load_model(tmp_path)[2]["step"] == 10
     # keep=2: the next save leaves only the two newest.
     save(tmp_path, 100, model, tokenizer, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert len(names) == 2
-    assert resolve_checkpoint(tmp_path).name.endswith("100")
+    assert find_checkpoint(tmp_path).path.name.endswith("100")
     assert load_model(tmp_path)[2]["step"] == 100
     assert {load_model(tmp_path / "checkpoints" / n)[2]["step"] for n in names} == {10, 100}
     # A half-written (temporary) checkpoint is never taken as the latest.
@@ -394,10 +395,10 @@ def test_resolve_checkpoint_picks_newest_and_keep_deletes_older(tmp_path: Path, 
 
 def test_missing_checkpoint_is_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError):
-        resolve_checkpoint(tmp_path)  # an empty directory
+        find_checkpoint(tmp_path)  # an empty directory
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(UserError):
-        resolve_checkpoint(tmp_path)  # checkpoints/ but nothing in it
+        find_checkpoint(tmp_path)  # checkpoints/ but nothing in it
     with pytest.raises(UserError):
         load_model(tmp_path / "does-not-exist")
 
@@ -484,4 +485,16 @@ def test_cli_empty_prompt_without_endoftext_is_a_clear_error(tmp_path: Path, mon
     save(tmp_path, 1, make_model(vocab_size=320), tokenizer)
     code = run_main(monkeypatch, "generate", str(tmp_path), "--max-new-tokens", "3")
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error:"), err
+    # The checkpoint it loaded is named first, then the one-sentence error.
+    assert code == 2 and err.startswith("loaded ") and err.splitlines()[-1].startswith("error:") and "Traceback" not in err, err
+
+
+def test_inference_never_imports_the_training_package() -> None:
+    code = (
+        "import sys\n"
+        "import scratchlm.checkpoints, scratchlm.runtime, scratchlm.generate.engine, scratchlm.eval.perplexity\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('scratchlm.train'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -79,3 +79,31 @@ def test_prepare_errors_and_cli(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["output"]["documents"] == 1
     typo = subprocess.run([*cli, "--set", "langid.min_scor=0.5"], capture_output=True, text=True, timeout=120)
     assert typo.returncode == 2 and "did you mean 'langid.min_score'" in typo.stderr
+
+
+def test_bad_output_and_tokenizer_are_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scratchlm.data.prepare as prepare_module
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started work before checking the paths")
+
+    monkeypatch.setattr(prepare_module, "plan_input_shards", must_not_run)
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"^--output .*file is a file, not a directory"):
+        prepare([tmp_path / "a.txt"], tmp_path / "file")
+    with pytest.raises(UserError, match=r"^--output .*file/out lies under .*file, which is a file"):
+        prepare([tmp_path / "a.txt"], tmp_path / "file" / "out")
+    with pytest.raises(UserError, match="No tokenizer"):
+        prepare([tmp_path / "a.txt"], tmp_path / "out", tokenizer_path=tmp_path / "no-tokenizer")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_command_output_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    (tmp_path / "file").write_text("x")
+    for output in (tmp_path / "file", tmp_path / "file" / "out"):
+        cli = [sys.executable, "-c", "from scratchlm.cli import main; main()", "-q", "data", "prepare", "--input", str(tmp_path / "a.txt"), "--output", str(output)]
+        result = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr

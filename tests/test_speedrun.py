@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from scratchlm.data.corpus import CORPORA, cache_dir
 from scratchlm.data.shards import read_documents_tokens
+from scratchlm.errors import UserError
 from scratchlm.speedrun import SpeedrunConfig, speedrun
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
@@ -46,3 +48,25 @@ def test_speedrun_end_to_end(tmp_path: Path) -> None:
     train_grams = set().union(*(grams(tokenizer.decode(ids)) for ids in read_documents_tokens(tmp_path / "shards", "train")))
     val_grams = set().union(*(grams(tokenizer.decode(ids)) for ids in read_documents_tokens(tmp_path / "shards", "val")))
     assert len(val_grams) > 100_000 and not (val_grams & train_grams)
+
+
+def test_report_states_only_what_the_run_found() -> None:
+    from scratchlm.speedrun import _decontamination_text, _found
+
+    none = {"name": "minhash_dedup", "read": 77, "kept": 77, "removed": 0, "details": {"clusters": 0, "documents_in_clusters": 0, "largest_cluster": 0}}
+    some = {**none, "details": {"clusters": 1, "documents_in_clusters": 2, "largest_cluster": 2}}
+    assert _found(none) == "0 near-duplicate clusters"
+    assert _found(some) == "1 near-duplicate cluster (2 documents, the largest 2)"
+    found = {"matches": 1, "examples": [], "val_characters_before": 1000, "val_characters_after": 600, "shared_after_cut": 0}
+    assert "1 shared 13-gram " in _decontamination_text(found) and "shares no 13-gram" in _decontamination_text(found)
+    assert "still shares 2 13-grams" in _decontamination_text({**found, "matches": 3, "shared_after_cut": 2})
+
+
+def test_second_speedrun_into_the_same_directory_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "train" / "checkpoints" / "step_0000010").mkdir(parents=True)
+    (tmp_path / "train" / "metrics.jsonl").write_text("{}\n")
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="already holds a speedrun.*--overwrite"):
+        speedrun(SpeedrunConfig(out_dir=str(tmp_path)))
+    assert time.perf_counter() - started < 5
+    assert (tmp_path / "train" / "metrics.jsonl").read_text() == "{}\n"

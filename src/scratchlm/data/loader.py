@@ -108,10 +108,13 @@ class TokenLoader:
     def __next__(self) -> Batch:
         return self.next_batch()
 
-    def iter_epoch(self) -> Iterator[Batch]:
-        """Exactly one sequential pass over this rank's windows, whatever the mode; leaves the training position alone."""
-        for first in range(0, self.num_windows, self.batch_size):
-            yield self._gather(*self._locate_windows(np.arange(first, min(first + self.batch_size, self.num_windows))))
+    def iter_epoch(self, max_windows: int | None = None) -> Iterator[Batch]:
+        """Exactly one sequential pass over this rank's windows (or its first `max_windows`), each
+        window once, whatever the mode; the last batch may be smaller. Leaves the training
+        position alone."""
+        end = self.num_windows if max_windows is None else min(max_windows, self.num_windows)
+        for first in range(0, end, self.batch_size):
+            yield self._gather(*self._locate_windows(np.arange(first, min(first + self.batch_size, end))))
 
     def _locate_windows(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(file, token offset) of this rank's windows number `order` in the sequential pass."""

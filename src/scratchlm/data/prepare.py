@@ -28,13 +28,21 @@ from scratchlm.console import info
 from scratchlm.data.decontaminate import DecontaminateConfig
 from scratchlm.data.dedup import ExactDedupConfig, MinHashConfig
 from scratchlm.data.documents import ReadStats
-from scratchlm.data.executor import ExecutorConfig, make_executor, open_work_dir, plan_input_shards, plan_stages, run_pipeline
+from scratchlm.data.executor import (
+    ExecutorConfig,
+    make_executor,
+    open_work_dir,
+    plan_input_shards,
+    plan_stages,
+    run_pipeline,
+)
 from scratchlm.data.filters import QualityFiltersConfig
 from scratchlm.data.langid import LangIdConfig
 from scratchlm.data.pipeline import Step
 from scratchlm.data.quality import QualityClassifierConfig
 from scratchlm.data.shards import ShardConfig
 from scratchlm.errors import UserError
+from scratchlm.paths import check_output_location, make_directory
 
 STEP_NAMES = ("clean", "langid", "quality", "quality_classifier", "exact_dedup", "minhash_dedup", "decontaminate")
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
@@ -111,7 +119,12 @@ def step_class(name: str) -> type[Step]:
     from scratchlm.data.clean import CleanStep
     from scratchlm.data.decontaminate import Decontaminate
     from scratchlm.data.dedup import ExactDedup, MinHashDedup
-    from scratchlm.data.filters import C4Filter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from scratchlm.data.filters import (
+        C4Filter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
     from scratchlm.data.langid import LanguageFilter
     from scratchlm.data.quality import QualityClassifierFilter
 
@@ -132,8 +145,15 @@ def prepare(
     if not inputs and corpus is None:
         raise UserError("Nothing to prepare; pass --input PATH (files, directories, JSONL, Parquet) or --corpus shakespeare.")
     output = Path(output)
+    # Before fetching or planning anything, so a bad --output fails in the first second.
+    check_output_location(output, "--output")
     if output.exists() and not (output / "manifest.json").is_file() and any(output.iterdir()):
         raise UserError(f"{output} exists and is not a documents directory; choose a new --output.")
+    tokenizer = None
+    if tokenizer_path is not None:
+        from scratchlm.tokenizer.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_path)
     if corpus is not None:
         from scratchlm.data.corpus import fetch
 
@@ -146,7 +166,7 @@ def prepare(
     executor_settings = settings.pop("executor")
     work = output.parent / f".{output.name}.work"
     plan = {"format": "scratchlm-prepare-work", "version": FORMAT_VERSION, "shards": [s.describe() for s in shards], "settings": settings, "keep_removed": keep_removed}
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(output.parent, "the parent directory of --output")
     open_work_dir(work, plan)
 
     started = time.perf_counter()
@@ -180,11 +200,9 @@ def prepare(
     os.replace(work / "output", output)
     shutil.rmtree(work)
     info(f"{result.read.documents:,} documents read, {result.documents:,} kept, {total_removed:,} removed ({manifest['seconds']:.1f} s) → {output}")
-    if tokenizer_path is not None:
+    if tokenizer is not None:
         from scratchlm.data.documents import read_jsonl
         from scratchlm.data.shards import write_shards
-        from scratchlm.tokenizer.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_path)
         write_shards(read_jsonl([output / name for name in result.files], ReadStats()), tokenizer, output / "shards", config.shards)
     return manifest

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
-from scratchlm.model.gpt import GPT
+from scratchlm.data.loader import TokenLoader
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -26,8 +27,12 @@ def token_byte_lengths(tokenizer: Tokenizer, size: int, device: torch.device | s
 
 
 @torch.no_grad()
-def evaluate(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], byte_lengths: torch.Tensor, autocast: AbstractContextManager | None = None) -> dict[str, float]:
-    """Mean loss per token (nats), perplexity and bits per byte over all `batches`."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], byte_lengths: torch.Tensor, autocast: AbstractContextManager | None = None) -> dict[str, float]:
+    """Mean loss per token (nats), perplexity and bits per byte over all `batches`.
+
+    `model(x, y, reduction="none")` gives each position's loss (B, T); every position of every
+    batch is scored once.
+    """
     was_training = model.training
     model.eval()
     total_nats = torch.zeros((), dtype=torch.float64, device=byte_lengths.device)
@@ -36,11 +41,11 @@ def evaluate(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], b
     try:
         for x, y in batches:
             with autocast or nullcontext():
-                logits, _ = model(x)
-            nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none")  # (B·T,)
-            counted = byte_lengths[y.reshape(-1)] > 0
+                _, nats = model(x, y, reduction="none")  # (B, T)
+            lengths = byte_lengths[y]  # (B, T)
+            counted = lengths > 0
             total_nats += nats[counted].double().sum()
-            total_bytes += byte_lengths[y.reshape(-1)].sum()
+            total_bytes += lengths.sum()
             total_tokens += int(counted.sum())
     finally:
         model.train(was_training)
@@ -48,3 +53,19 @@ def evaluate(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], b
         return {"loss": float("nan"), "perplexity": float("nan"), "bpb": float("nan"), "tokens": 0}
     loss = float(total_nats) / total_tokens
     return {"loss": loss, "perplexity": math.exp(loss), "bpb": float(total_nats) / (math.log(2) * int(total_bytes)), "tokens": total_tokens}
+
+
+class ShardEvaluator:
+    """Loss, perplexity and bits per byte on one split of a shards directory: its non-overlapping
+    windows in order, each scored exactly once, all of them or the first `max_tokens` worth.
+
+    Built before training starts, so a split too small for one window fails at once.
+    """
+
+    def __init__(self, shards: str | Path, split: str, batch_size: int, block_size: int, byte_lengths: torch.Tensor, max_tokens: int = 0, autocast: AbstractContextManager | None = None) -> None:
+        self.loader = TokenLoader(shards, split, batch_size, block_size, mode="sequential", device=byte_lengths.device)
+        self.windows = self.loader.num_windows if max_tokens == 0 else min(self.loader.num_windows, max(1, max_tokens // block_size))
+        self.byte_lengths, self.autocast = byte_lengths, autocast
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(model, self.loader.iter_epoch(self.windows), self.byte_lengths, self.autocast)

@@ -57,7 +57,7 @@ def generate_tokens(
             cache = KVCache(c.n_layer, len(prompts), c.n_kv_head, len(prompts[0]) + max_new_tokens, c.head_dim, device, dtype)
         step_input = ids
         for _ in range(max_new_tokens):
-            logits, _ = model(step_input if use_cache else ids, cache=cache)
+            logits, _ = model(step_input if use_cache else ids, cache=cache, last_only=True)  # (B, 1, V)
             token = sample_next(logits[:, -1, :vocab_size], sampling, generator, previous=ids)  # (B,)
             if stops.numel():
                 token = torch.where(stopped, ids[:, -1], token)

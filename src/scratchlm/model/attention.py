@@ -1,5 +1,12 @@
 """Causal self-attention through `F.scaled_dot_product_attention` (flash / memory-efficient
-kernels where available), with grouped-query heads, QK-norm, rotary positions and a KV cache."""
+kernels where available), with grouped-query heads, QK-norm, rotary positions and a KV cache.
+
+Queries, keys and values are three linears, not one fused `c_attn`, and the number of heads is
+read from the projections' output width at run time: tensor parallelism then shards each of them
+column-wise (whole heads per rank) and the output projection row-wise, and this code runs
+unchanged on a rank's local heads. Hugging Face's fused GPT-2 `c_attn` is split and joined at the
+conversion boundary (`scratchlm.convert.hf_gpt2`).
+"""
 
 from __future__ import annotations
 
@@ -31,11 +38,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         from scratchlm.model.gpt import make_norm
 
-        self.n_head = config.n_head
-        self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
-        # One matmul for queries, keys and values: n_head + 2·n_kv_head heads of head_dim.
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias)
+        self.c_q = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
+        self.c_k = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=config.bias)
+        self.c_v = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -43,11 +49,11 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None, layer: int) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        B, T, _ = x.shape
+        # -1 heads: all of them, or this rank's share under tensor parallelism.
+        q = self.c_q(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.c_k(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.c_v(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -57,10 +63,10 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k, v = cache.update(layer, k, v)  # (B, KV, start+T, hd)
-        if self.n_kv_head != self.n_head:
-            # Each key/value head serves n_head / n_kv_head query heads.
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        if k.size(1) != q.size(1):
+            # Each key/value head serves H / KV query heads.
+            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+            v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
 
         dropout = self.dropout if self.training else 0.0
         if start == 0:
@@ -72,5 +78,5 @@ class CausalSelfAttention(nn.Module):
             # New token i sits at absolute position start+i and sees keys 0..start+i.
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H·hd)
         return self.resid_dropout(self.c_proj(y))

@@ -3,8 +3,10 @@
 GPT-2 by default (learned positions, LayerNorm, GELU MLP ×4, tied embeddings, std-0.02 init
 with residual projections scaled by 1/√(2·n_layer)), with switches for the parts modern models
 use: rotary positions, RMSNorm, SwiGLU, grouped-query attention, QK-norm, untied embeddings.
-Parameter names follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn.weight`, ...) so that
-conversion is a table of names, not a rewrite.
+Parameter names follow Hugging Face's GPT-2 (`transformer.h.0.ln_1.weight`, ...), except that
+attention has separate `c_q`, `c_k`, `c_v` and SwiGLU separate `c_gate`, `c_fc` linears, so that
+tensor parallelism can split each one (HF's fused tensors are split and joined at the conversion
+boundary): conversion is a table of names, not a rewrite.
 
 This file never changes for scale-out: data, tensor and sequence parallelism are applied from
 `train/distributed.py`.
@@ -19,11 +21,11 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from scratchlm.errors import UserError
 from scratchlm.model.attention import CausalSelfAttention
 from scratchlm.model.kv_cache import KVCache
+from scratchlm.model.loss import linear_cross_entropy, token_cross_entropy
 
 
 @dataclass
@@ -62,6 +64,13 @@ class GPTConfig:
     """Share the token embedding with the output head (GPT-2 does)."""
 
     def __post_init__(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.vocab_size < 0 or self.n_kv_head < 0:
+            raise UserError("model.vocab_size and model.n_kv_head must be 0 or more (0 = automatic).")
+        if not (self.mlp_ratio > 0 and math.isfinite(self.mlp_ratio)) or not 0 <= self.dropout < 1 or not self.rope_theta > 0:
+            raise UserError("model.mlp_ratio and model.rope_theta must be positive and model.dropout within [0, 1).")
         self.n_kv_head = self.n_kv_head or self.n_head
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd {self.n_embd} must be divisible by n_head {self.n_head}; change one of them.")
@@ -69,9 +78,6 @@ class GPTConfig:
             raise UserError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head} for grouped-query attention.")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise UserError(f"Rotary positions need an even head size, not {self.n_embd // self.n_head}; change n_embd or n_head.")
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be at least 1.")
 
     @property
     def head_dim(self) -> int:
@@ -92,7 +98,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        # In fp32 under autocast, as autocast runs LayerNorm: a bf16 input with an fp32 weight
+        # would miss the fused kernel, and the mean of squares wants fp32 anyway.
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).to(x.dtype)
 
 
 def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
@@ -103,19 +111,20 @@ def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
 
 
 class MLP(nn.Module):
+    """GELU: c_proj(gelu(c_fc(x))). SwiGLU: c_proj(silu(c_gate(x)) · c_fc(x)), with gate and up as
+    two linears so that a column-wise split keeps each rank's gate and up channels paired."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.swiglu = config.mlp == "swiglu"
-        width = config.mlp_hidden * (2 if self.swiglu else 1)
-        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.mlp == "swiglu" else None
         self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2·hidden) for SwiGLU
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+        h = self.c_fc(x)  # (B, T, hidden)
+        if self.c_gate is not None:
+            h = F.silu(self.c_gate(x)) * h
         else:
             h = F.gelu(h, approximate="tanh")
         return self.dropout(self.c_proj(h))
@@ -162,9 +171,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        # Recompute each block in the backward pass instead of storing its activations; set by
-        # the training loop (`activation_checkpointing = true`), not part of the architecture.
-        self.activation_checkpointing = False
         if config.position == "rope":
             cos, sin = rope_tables(config, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -208,10 +214,24 @@ class GPT(nn.Module):
         length = sequence_length or self.config.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * self.config.n_layer * self.config.n_embd * length
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position (B, T, vocab) and, given targets (B, T), the mean
-        cross-entropy loss over targets that are not -100. With a `cache`, `idx` continues the
-        cached sequence at position `cache.length`."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        last_only: bool = False,
+        reduction: Literal["mean", "none"] = "mean",
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits, loss) for token ids `idx` (B, T).
+
+        Without targets: logits (B, T, vocab), or (B, 1, vocab) for the last position only with
+        `last_only` (what sampling needs after a prefill), and no loss. With targets (B, T): no
+        logits (the head and the cross-entropy run chunk by chunk, never holding all B·T·vocab
+        logits) and the loss: the mean over targets that are not -100, or with
+        `reduction="none"` each position's loss (B, T), 0 where the target is -100. With a
+        `cache`, `idx` continues the cached sequence at position `cache.length`.
+        """
         _, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -225,15 +245,14 @@ class GPT(nn.Module):
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hd/2) each
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rope, cache, layer, use_reentrant=False)
-            else:
-                x = block(x, rope, cache, layer)
+            x = block(x, rope, cache, layer)
         if cache is not None:
             cache.advance(T)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, vocab)
+        x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+            if last_only:
+                x = x[:, -1:]  # (B, 1, C)
+            return self.lm_head(x), None  # (B, T or 1, vocab)
+        if reduction == "none":
+            return None, token_cross_entropy(x, self.lm_head.weight, targets)  # (B, T)
+        return None, linear_cross_entropy(x, self.lm_head.weight, targets)

@@ -65,6 +65,28 @@ def split_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
         yield text[start:]
 
 
+def utf8_size(text: str) -> int:
+    """The UTF-8 size of `text` in bytes, without encoding it when it is ASCII."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def cut_chunk(chunk: bytes, max_bytes: int) -> Iterator[bytes]:
+    """`chunk` in pieces of at most `max_bytes` (0: whole), cut only between UTF-8 characters.
+
+    Training on the pieces instead of the chunk bounds every learned token to `max_bytes`, since
+    merges never cross a piece boundary. `max_bytes` must be 0 or at least 4, the longest
+    UTF-8 character.
+    """
+    start = 0
+    while max_bytes and len(chunk) - start > max_bytes:
+        cut = start + max_bytes
+        while chunk[cut] & 0xC0 == 0x80:  # a continuation byte: back up to its character's start
+            cut -= 1
+        yield chunk[start:cut]
+        start = cut
+    yield chunk[start:]
+
+
 def _count_piece(args: tuple[str, str]) -> Counter[str]:
     pattern, text = args
     return Counter(regex.findall(pattern, text))
@@ -75,12 +97,12 @@ def count_chunks(
     pattern: str,
     special_tokens: Iterable[str] = (),
     workers: int | None = None,
-    on_chars: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Counter[str]:
     """Count the pre-split chunks of all `texts`, in parallel over `workers` processes.
 
     Special-token strings in the text are cut out first (they are never learned as merges).
-    `on_chars(n)` is called as pieces of `n` characters finish, for a progress bar.
+    `on_bytes(n)` is called as pieces of `n` UTF-8 bytes finish, for a progress bar.
     """
     specials = sorted(special_tokens, key=len, reverse=True)
     special_re = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
@@ -97,8 +119,8 @@ def count_chunks(
     if workers <= 1:
         for job in jobs():
             counts.update(_count_piece(job))
-            if on_chars:
-                on_chars(len(job[1]))
+            if on_bytes:
+                on_bytes(utf8_size(job[1]))
         return counts
     with ProcessPoolExecutor(workers) as pool:
         # Bounded look-ahead: at most 2 pieces per worker in flight, so memory stays flat on
@@ -107,15 +129,15 @@ def count_chunks(
         sizes: list[int] = []
         for job in jobs():
             pending.append(pool.submit(_count_piece, job))
-            sizes.append(len(job[1]))
+            sizes.append(utf8_size(job[1]))
             if len(pending) >= 2 * workers:
                 counts.update(pending.pop(0).result())
-                if on_chars:
-                    on_chars(sizes.pop(0))
+                if on_bytes:
+                    on_bytes(sizes.pop(0))
         for future, size in zip(pending, sizes):
             counts.update(future.result())
-            if on_chars:
-                on_chars(size)
+            if on_bytes:
+                on_bytes(size)
     return counts
 
 
@@ -160,27 +182,21 @@ def learn_merges(
         delta: Counter[tuple[int, int]] = Counter()
         for index in where.pop(pair):
             word = words[index]
+            merged, sites = _merge_pair(word, left, right, new_id)
             # The index is not pruned when a word loses a pair, so it may no longer hold it.
-            if len(word) < 2:
-                continue
-            merged: list[int] = []
-            i, n = 0, len(word)
-            while i < n:
-                if i + 1 < n and word[i] == left and word[i + 1] == right:
-                    merged.append(new_id)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            if len(merged) == n:
+            if not sites:
                 continue
             weight = weights[index]
-            for old_pair in zip(word, word[1:]):
-                delta[old_pair] -= weight
-            for new_pair in zip(merged, merged[1:]):
+            # Only pairs that overlap a merged pair change, so a long word costs what its merges do.
+            last = len(word) - 2
+            for k in {k for site in sites for k in (site - 1, site, site + 1) if 0 <= k <= last}:
+                delta[word[k], word[k + 1]] -= weight
+            # The m-th merged pair starts at sites[m] in `word` and at sites[m] - m in `merged`.
+            last = len(merged) - 2
+            for j in {j for m, site in enumerate(sites) for j in (site - m - 1, site - m) if 0 <= j <= last}:
+                new_pair = (merged[j], merged[j + 1])
                 delta[new_pair] += weight
-                if new_id in new_pair:
-                    where.setdefault(new_pair, set()).add(index)
+                where.setdefault(new_pair, set()).add(index)
             words[index] = merged
 
         for changed, change in delta.items():
@@ -197,6 +213,29 @@ def learn_merges(
         if on_merge:
             on_merge(1)
     return merges
+
+
+def _merge_pair(word: list[int], left: int, right: int, new_id: int) -> tuple[list[int], list[int]]:
+    """`word` with each `(left, right)` replaced by `new_id`, left to right, and the positions in
+    `word` where the replaced pairs start."""
+    merged: list[int] = []
+    sites: list[int] = []
+    copied = i = 0
+    last = len(word) - 1
+    while i < last:
+        try:
+            i = word.index(left, i, last)  # a scan in C, so the copying between merges is too
+        except ValueError:
+            break
+        if word[i + 1] == right:
+            merged += word[copied:i]
+            merged.append(new_id)
+            sites.append(i)
+            i = copied = i + 2
+        else:
+            i += 1
+    merged += word[copied:]
+    return merged, sites
 
 
 def merges_to_ranks(merges: list[tuple[int, int]]) -> list[bytes]:

@@ -7,6 +7,7 @@ such strings. We store raw bytes by rank; these functions translate.
 
 from __future__ import annotations
 
+import heapq
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -58,20 +59,51 @@ def derive_merges(tokenizer: Tokenizer) -> list[tuple[int, int]]:
     merges: list[tuple[int, int]] = []
     for rank in range(256, len(tokenizer.ranks)):
         token = tokenizer.ranks[rank]
-        parts = [token[i : i + 1] for i in range(len(token))]
-        while len(parts) > 2:
-            best_rank, best_at = None, -1
-            for i in range(len(parts) - 1):
-                merged_rank = ranks.get(parts[i] + parts[i + 1])
-                if merged_rank is not None and merged_rank < rank and (best_rank is None or merged_rank < best_rank):
-                    best_rank, best_at = merged_rank, i
-            if best_rank is None:
-                break
-            parts[best_at : best_at + 2] = [parts[best_at] + parts[best_at + 1]]
+        parts = _bpe_parts(token, ranks, below=rank)
         if len(parts) != 2:
-            raise UserError(f"Token {rank} ({token!r}) cannot be made by merging two lower-ranked tokens; these ranks are not a BPE vocabulary.")
+            raise UserError(f"Token {rank} ({token[:40]!r}{'...' if len(token) > 40 else ''}) cannot be made by merging two lower-ranked tokens; these ranks are not a BPE vocabulary.")
         merges.append((ranks[parts[0]], ranks[parts[1]]))
     return merges
+
+
+def _bpe_parts(data: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
+    """`data` split by BPE with the merges ranked below `below`: the lowest-ranked adjacent pair
+    merges first, the leftmost of equal pairs first (as `Tokenizer.reference_encode`).
+
+    A heap of candidate pairs with lazy invalidation makes this O(n log n); rescanning every pair
+    after each merge is O(n²), hours for a token of a megabyte.
+    """
+    n = len(data)
+    # The parts as a linked list over byte offsets: end[i] is where the part starting at i ends,
+    # 0 when no part starts at i; start_before[j] is the start of the part that ends at j.
+    end = list(range(1, n + 1))
+    start_before = list(range(-1, n))
+    heap = [(rank, i, i + 1, i + 2) for i in range(n - 1) if (rank := ranks.get(data[i : i + 2], below)) < below]
+    heapq.heapify(heap)
+
+    def candidate(left: int) -> None:
+        middle = end[left]
+        if middle < n:
+            right = end[middle]
+            rank = ranks.get(data[left:right], below)
+            if rank < below:
+                heapq.heappush(heap, (rank, left, middle, right))
+
+    while heap:
+        _, left, middle, right = heapq.heappop(heap)
+        if end[left] != middle or end[middle] != right:
+            continue  # one of its two parts has merged with another neighbour since
+        end[left], end[middle] = right, 0
+        start_before[right] = left
+        if left > 0:
+            candidate(start_before[left])
+        candidate(left)
+    parts: list[bytes] = []
+    offset = 0
+    while offset < n:
+        parts.append(data[offset : end[offset]])
+        offset = end[offset]
+    return parts
 
 
 # ---- GPT-2 ----------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,6 +23,7 @@ import regex
 import tiktoken
 
 from scratchlm.errors import UserError
+from scratchlm.paths import check_output_location
 from scratchlm.tokenizer.bpe import PATTERNS
 
 FORMAT_NAME = "scratchlm-tokenizer"
@@ -175,12 +178,18 @@ class Tokenizer:
     # ---- persistence ------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write `ranks.tiktoken`, `scratchlm_tokenizer.json` and an HF `tokenizer.json`."""
+        """Write `ranks.tiktoken`, `scratchlm_tokenizer.json` and an HF `tokenizer.json`.
+
+        The files are written and synced in a temporary sibling directory that is then renamed
+        to `directory`, replacing a tokenizer already there, so an interrupted save leaves the
+        previous tokenizer (or none) behind, never a partial one.
+        """
         from scratchlm.tokenizer.formats import to_hf_json
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / RANKS_FILE).write_bytes(_ranks_file_bytes(self.ranks))
+        if directory.is_symlink():
+            directory = directory.resolve()  # replace what the link points to, keeping the link
+        check_output_location(directory, "the tokenizer directory")
         config = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -191,8 +200,25 @@ class Tokenizer:
             "vocab_size": self.vocab_size,
             "hash": self.hash,
         }
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        (directory / HF_FILE).write_text(json.dumps(to_hf_json(self), ensure_ascii=False) + "\n")
+        files = {
+            RANKS_FILE: _ranks_file_bytes(self.ranks),
+            CONFIG_FILE: (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode(),
+            HF_FILE: (json.dumps(to_hf_json(self), ensure_ascii=False) + "\n").encode(),
+        }
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        temporary = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)  # left by a crashed save of an earlier process with this id
+        temporary.mkdir()
+        try:
+            for name, data in files.items():
+                with open(temporary / name, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+            _replace_directory(temporary, directory)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         return directory
 
     @classmethod
@@ -228,6 +254,29 @@ def _split_specials(text: str, allowed: set[str]) -> list[tuple[str, bool]]:
     pieces = special_re.split(text)
     # re.split with one capture group alternates text, special, text, ...
     return [(piece, index % 2 == 1) for index, piece in enumerate(pieces) if piece or index % 2 == 1]
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Rename `new` to `target`. An existing `target` is renamed aside first and removed only
+    once `new` is in its place, so a crash leaves one of the two complete directories."""
+    if not target.exists():
+        os.replace(new, target)
+    else:
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old)
+    # The renames are entries of the parent directory; syncing it makes them survive a power cut.
+    parent = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(parent)
+    finally:
+        os.close(parent)
 
 
 def _ranks_file_bytes(ranks: Sequence[bytes]) -> bytes:

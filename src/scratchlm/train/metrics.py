@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, from their data sheets.
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12}
+# Dense (no sparsity) tensor-core peaks in FLOP/s from NVIDIA's data sheets: (bf16, TF32), keyed
+# by the model's words in the name torch reports. fp16 runs at the bf16 rate. GeForce cards do
+# half rate with fp32 accumulation, which is what autocast uses, so theirs are the fp32-accumulate
+# figures (the RTX 4090 does 330 TFLOPS only with fp16 accumulation).
+GPU_PEAKS: dict[str, tuple[float, float]] = {
+    # An SXM board's name has no form factor in it ("NVIDIA H100 80GB HBM3"), a PCIe board's does.
+    "H100": (989e12, 494.7e12),
+    "H100 PCIe": (756e12, 378e12),
+    "H200": (989e12, 494.7e12),
+    "A100": (312e12, 156e12),
+    "L40S": (362.05e12, 183e12),
+    "L40": (181.05e12, 90.5e12),
+    "L4": (121e12, 60e12),
+    "A10": (125e12, 62.5e12),
+    "RTX 4090": (165.2e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12),
+}
+
+
+def _model_pattern(model: str) -> re.Pattern[str]:
+    # Whole words only, so "L4" is not found in "L40S" nor "A10" in "A100"; "H100-PCIE" and
+    # "H100 PCIe" are the same model.
+    words = r"[\s_-]+".join(re.escape(word) for word in model.split())
+    return re.compile(rf"(?<![A-Za-z0-9]){words}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+# Longest name first: "H100 PCIe" must win over "H100".
+_GPU_PATTERNS = [(_model_pattern(model), peaks) for model, peaks in sorted(GPU_PEAKS.items(), key=lambda item: -len(item[0]))]
+
+
+def gpu_peaks(name: str) -> tuple[float, float] | None:
+    """The (bf16, TF32) peaks of the GPU torch names `name`, or None for a GPU not in the table."""
+    return next((peaks for pattern, peaks in _GPU_PATTERNS if pattern.search(name)), None)
 
 
 def measure_matmul_peak(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds: float = 0.5) -> float:
@@ -28,13 +60,14 @@ def measure_matmul_peak(dtype: torch.dtype = torch.bfloat16, size: int = 1024, s
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """The peak to compute MFU against: a data-sheet figure on known GPUs, else measured."""
+    """The peak to compute MFU against: a data-sheet figure on known GPUs (0 on unknown ones),
+    else measured. fp32 on CUDA is measured against TF32, which training enables for fp32 there."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_BF16.items():
-            if key in name:
-                return flops if dtype != torch.float32 else flops / 2
-        return 0.0
+        peaks = gpu_peaks(torch.cuda.get_device_name(device))
+        if peaks is None:
+            return 0.0
+        bf16, tf32 = peaks
+        return tf32 if dtype == torch.float32 else bf16
     return measure_matmul_peak(dtype if dtype != torch.float16 else torch.float32)
 
 

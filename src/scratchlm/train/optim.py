@@ -34,8 +34,21 @@ class OptimConfig:
     """Clip the global gradient norm to this (0 = no clipping)."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
-            raise UserError("optim.lr must be positive, optim.min_lr_ratio within [0, 1] and optim.warmup_steps at least 0.")
+        checks = {
+            "lr": self.lr > 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "beta1": 0 <= self.beta1 < 1,
+            "beta2": 0 <= self.beta2 < 1,
+            "eps": self.eps > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "grad_clip": self.grad_clip >= 0,
+        }
+        wanted = {"lr": "positive", "min_lr_ratio": "within [0, 1]", "warmup_steps": "0 or more", "beta1": "within [0, 1)", "beta2": "within [0, 1)", "eps": "positive", "weight_decay": "0 or more", "grad_clip": "0 or more"}
+        for name, ok in checks.items():
+            # `not ok` also catches NaN, for which every comparison is false.
+            if not ok or not math.isfinite(getattr(self, name)):
+                raise UserError(f"optim.{name} is {getattr(self, name)}; it must be {wanted[name]}.")
 
 
 def make_optimizer(model: nn.Module, config: OptimConfig, device_type: str) -> torch.optim.AdamW:

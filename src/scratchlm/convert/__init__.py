@@ -1,0 +1,1 @@
+"""Conversion between scratchlm's tensors and other tools' (Hugging Face)."""

@@ -1,0 +1,316 @@
+"""The training engine every job runs on: `Trainer.train_step` and `Trainer.fit`.
+
+A job (pretraining, and fine-tuning later) differs in what `build_run` assembles: the batches,
+the loss function, the evaluators. The Trainer owns what they share:
+
+- `train_step(lr)`: accumulate gradients over micro-batches until the step holds its tokens
+  (forward, loss_fn, backward), check the loss is finite, clip, update;
+- `fit()`: the warmup + cosine schedule, a time budget the schedule is fitted to, evaluation and a
+  sample every `eval_every` steps and at the end, checkpoints, `metrics.jsonl`, progress.
+
+Times: `elapsed_s` is wall time (what a time budget counts); `train_s` counts only training
+steps, so tokens/s and MFU never include an evaluation, a sample or a checkpoint, and
+benchmarks can compare training seconds directly. Both continue across a resume.
+
+Order within a step: the update, then (when due) evaluation and sample, then (when due) the
+checkpoint. A checkpoint of step s therefore follows step s's evaluation, and a run resumed from
+it logs nothing twice. Checkpoints carry the optimizer, batch position and RNG states, so a
+resumed run continues exactly (bitwise, on CPU in fp32, for step-budgeted runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from scratchlm.checkpoints import CheckpointInfo, list_checkpoints
+from scratchlm.console import info, progress_bar
+from scratchlm.errors import UserError
+from scratchlm.generate.engine import generate
+from scratchlm.generate.sampling import SamplingConfig
+from scratchlm.model.gpt import GPT
+from scratchlm.runtime import autocast
+from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from scratchlm.train.metrics import MetricsLog
+from scratchlm.train.optim import OptimConfig, lr_at
+from scratchlm.train.settings import TrainConfig
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """Endless training batches with a resumable position."""
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+Evaluator = Callable[[nn.Module], Mapping[str, float]]
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy: the batch is (x, y) token ids, y shifted by one."""
+    x, y = batch
+    return model(x, y)[1]
+
+
+class Sampler:
+    """A short sample at each evaluation, appended to `samples.md` under its step."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int, path: Path) -> None:
+        if not prompt and tokenizer.eot_id is None:
+            raise UserError("train.sample_prompt is empty and this tokenizer has no <|endoftext|> to start from; set train.sample_prompt or train.sample_tokens = 0.")
+        self.tokenizer, self.prompt, self.tokens, self.seed, self.path = tokenizer, prompt, tokens, seed, path
+        self.prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
+
+    def __call__(self, model: nn.Module, step: int) -> str:
+        stop = [self.tokenizer.eot_id] if self.tokenizer.eot_id is not None else []
+        new = generate(model, self.prompt_ids, self.tokens, SamplingConfig(temperature=0.8, top_k=200), seed=self.seed, stop_ids=stop, vocab_size=self.tokenizer.vocab_size)[0]
+        text = self.tokenizer.decode(new)
+        with self.path.open("a") as f:
+            f.write(f"## step {step}\n\n```\n{self.prompt}{text}\n```\n\n")
+        return text
+
+    def keep_until(self, step: int) -> None:
+        """Drop the samples of steps after `step` (a resumed run draws them again)."""
+        if not self.path.exists():
+            return
+        sections = self.path.read_text().split("## step ")
+        kept = [s for s in sections[1:] if int(s.split("\n", 1)[0]) <= step]
+        self.path.write_text("".join("## step " + s for s in kept))
+
+
+class Trainer:
+    """Runs a built model: `train_step` is one optimizer step, `fit` the whole schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_batches: BatchSource,
+        *,
+        settings: TrainConfig,
+        optim: OptimConfig,
+        tokens_per_micro_batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        loss_fn: LossFn = lm_loss,
+        evaluators: Mapping[str, Evaluator] | None = None,
+        sampler: Sampler | None = None,
+        checkpoint_model: GPT | None = None,
+        tokenizer: Tokenizer | None = None,
+        run_config: dict[str, Any] | None = None,
+        flops_per_token: float = 0.0,
+        peak_flops: float = 0.0,
+    ) -> None:
+        if settings.batch_tokens % tokens_per_micro_batch:
+            raise UserError(f"train.batch_tokens {settings.batch_tokens} is not a multiple of micro_batch_size × block_size = {tokens_per_micro_batch}; use {max(1, settings.batch_tokens // tokens_per_micro_batch) * tokens_per_micro_batch}.")
+        self.model, self.optimizer, self.train_batches = model, optimizer, train_batches
+        self.settings, self.optim = settings, optim
+        self.grad_accum = settings.batch_tokens // tokens_per_micro_batch
+        self.device, self.dtype, self.autocast = device, dtype, autocast(device, dtype)
+        self.loss_fn = loss_fn
+        self.evaluators = dict(evaluators or {})
+        self.sampler = sampler
+        self.checkpoint_model, self.tokenizer, self.run_config = checkpoint_model, tokenizer, run_config or {}
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.out_dir = Path(settings.out_dir)
+        # fp16 needs its loss scaled so small gradients do not flush to zero; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.step, self.tokens_seen, self.horizon = 0, 0, settings.max_steps
+        self.elapsed_before, self.train_before = 0.0, 0.0
+        self.resumed_from: int | None = None
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def train_step(self, lr: float) -> dict[str, float]:
+        """One optimizer step at learning rate `lr`: grad_accum micro-batches, clip, update.
+
+        Returns the mean loss over the micro-batches and the gradient norm before clipping. A
+        loss that is not finite stops before the update, with a message naming the last good
+        checkpoint.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        no_sync = getattr(self.model, "no_sync", None)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            batch = self.train_batches.next_batch()
+            # Data-parallel wrappers all-reduce gradients on the last micro-batch only.
+            sync = contextlib.nullcontext() if no_sync is None or micro == self.grad_accum - 1 else no_sync()
+            with sync:
+                with self.autocast:
+                    loss = self.loss_fn(self.model, batch)
+                self.scaler.scale(loss / self.grad_accum).backward()
+            loss_sum += loss.detach()
+        loss_value = float(loss_sum) / self.grad_accum
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = list_checkpoints(self.out_dir)
+            raise UserError(
+                f"The loss became {loss_value} at step {self.step}; lower optim.lr or use train.dtype = \"float32\". "
+                + (f"The last good checkpoint is {last[-1]} (continue with --resume)." if last else "No checkpoint was written yet.")
+            )
+        self.scaler.unscale_(self.optimizer)
+        clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_value, "grad_norm": grad_norm}
+
+    # ---- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        """Every evaluator's figures (prefixed with its name) and a sample."""
+        record: dict[str, Any] = {}
+        for name, evaluator in self.evaluators.items():
+            record |= {f"{name}_{key}": value for key, value in evaluator(self.model).items()}
+        if self.sampler is not None:
+            with self.autocast:
+                record["sample"] = self.sampler(self.model, self.step)
+        return record
+
+    # ---- resume ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.train_batches.state_dict(),
+            "rng": rng_state(),
+            "scaler": self.scaler.state_dict(),
+            "horizon": self.horizon,
+            "elapsed_s": self._elapsed(),
+            "train_s": self._train_s(),
+        }
+
+    def resume(self, checkpoint: CheckpointInfo, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint and its training state (weights already loaded)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_batches.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens_seen = checkpoint.meta["step"], checkpoint.meta["tokens_seen"]
+        self.elapsed_before, self.train_before = state["elapsed_s"], state.get("train_s", state["elapsed_s"])
+        self.horizon = state["horizon"]
+        saved_max = checkpoint.meta.get("run_config", {}).get("train", {}).get("max_steps", self.settings.max_steps)
+        if self.settings.max_steps != saved_max:
+            # A new limit on --resume applies: the cosine schedule is refitted to end there.
+            self.horizon = self.settings.max_steps if not self.settings.time_budget_s else min(self.horizon, self.settings.max_steps)
+            info(f"train.max_steps is now {self.settings.max_steps} (was {saved_max}): the schedule ends at step {self.horizon}")
+        if self.step >= self.horizon:
+            raise UserError(f"The run in {self.out_dir} already finished at step {self.step}; raise train.max_steps (e.g. --set train.max_steps={self.step * 2}) to continue it.")
+        self.resumed_from = self.step
+        if self.sampler is not None:
+            self.sampler.keep_until(self.step)
+        info(f"resuming from {checkpoint.path} (step {self.step})")
+
+    def save(self, record: dict[str, Any]) -> Path | None:
+        if self.checkpoint_model is None or self.tokenizer is None:
+            return None
+        meta = {"tokens_seen": self.tokens_seen, "metrics": record, "run_config": self.run_config}
+        return save_checkpoint(self.out_dir, self.step, self.checkpoint_model, self.tokenizer, meta, self.state_dict(), keep=self.settings.keep_checkpoints)
+
+    # ---- the schedule ------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._started
+
+    def _train_s(self) -> float:
+        return self.train_before + self._train_seconds
+
+    def _fit_horizon(self) -> None:
+        """Fit the schedule's length to the time budget: with p seconds per step (steps after the
+        first, which warms up), e per evaluation and E steps between evaluations, the H - s
+        remaining steps cost (H - s)·p + ((H - s)/E + 1)·e, the final evaluation included.
+        Refitted after each evaluation, when e is known."""
+        measured = self._step_times[1:] if len(self._step_times) > 1 else self._step_times
+        per_step = sum(measured[-20:]) / len(measured[-20:])
+        remaining = self.settings.time_budget_s - self._elapsed()
+        per_eval_step = self._eval_seconds / self.settings.eval_every if self.settings.eval_every else 0.0
+        fits = self.step + int((remaining - self._eval_seconds) / (per_step + per_eval_step))
+        self.horizon = max(self.step + 1, min(self.settings.max_steps, fits))
+
+    def fit(self, metrics: MetricsLog) -> dict[str, Any]:
+        """Train to the end of the schedule (or the time budget); returns the final evaluation.
+
+        Ctrl-C stops between or within steps and says which checkpoint a --resume would
+        continue from.
+        """
+        self._started, self._train_seconds = time.perf_counter(), 0.0
+        self._step_times: list[float] = []
+        self._eval_seconds = 0.0
+        self._last_eval: dict[str, Any] | None = None
+        self.model.train()
+        try:
+            self._steps(metrics)
+        except KeyboardInterrupt:
+            last = list_checkpoints(self.out_dir)
+            info(f"[yellow]interrupted at step {self.step}[/yellow]: " + (f"the last checkpoint is {last[-1]}; continue with --resume." if last else "no checkpoint was written yet (train.checkpoint_every sets how often)."))
+            raise
+        final = self._last_eval if self._last_eval is not None and self._last_eval["step"] == self.step else self._evaluate_and_log(metrics)
+        self.save(final)
+        return final
+
+    def _evaluate_and_log(self, metrics: MetricsLog) -> dict[str, Any]:
+        started = time.perf_counter()
+        record = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+        self._eval_seconds = time.perf_counter() - started
+        record |= {"eval_s": self._eval_seconds, "elapsed_s": self._elapsed(), "train_s": self._train_s()}
+        metrics.log(record)
+        self._last_eval = record
+        return record
+
+    def _steps(self, metrics: MetricsLog) -> None:
+        tc = self.settings
+        window_train_s, window_tokens = self._train_s(), 0
+        with progress_bar("training", total=self.horizon) as bar:
+            bar(self.step)
+            while self.step < self.horizon:
+                if tc.time_budget_s and self._elapsed() > tc.time_budget_s - self._eval_seconds:
+                    info(f"time budget of {tc.time_budget_s:.0f} s reached at step {self.step}")
+                    break
+                lr = lr_at(self.step, self.horizon, self.optim)
+                step_started = time.perf_counter()
+                figures = self.train_step(lr)
+                step_seconds = time.perf_counter() - step_started
+                self._train_seconds += step_seconds
+                self._step_times.append(step_seconds)
+                self.step += 1
+                self.tokens_seen += tc.batch_tokens
+                window_tokens += tc.batch_tokens
+                bar(1)
+
+                if tc.time_budget_s and len(self._step_times) == 6:
+                    self._fit_horizon()
+                    bar.update(total=self.horizon)
+                    info(f"time budget {tc.time_budget_s:.0f} s: about {self.horizon} steps ({sum(self._step_times[1:]) / 5:.2f} s/step)")
+
+                if self.step % tc.log_every == 0 or self.step == self.horizon:
+                    tokens_per_s = window_tokens / max(self._train_s() - window_train_s, 1e-9)
+                    window_train_s, window_tokens = self._train_s(), 0
+                    mfu = tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else 0.0
+                    record = {"step": self.step, "tokens": self.tokens_seen, "loss": figures["loss"], "lr": lr, "grad_norm": figures["grad_norm"], "tokens_per_s": tokens_per_s, "mfu": mfu, "elapsed_s": self._elapsed(), "train_s": self._train_s()}
+                    metrics.log(record)
+                    bar.update(description=f"step {self.step}/{self.horizon} loss {figures['loss']:.3f} lr {lr:.1e} {tokens_per_s:,.0f} tok/s MFU {mfu:.0%}")
+
+                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.horizon:
+                    self._evaluate_and_log(metrics)
+                    if tc.time_budget_s:
+                        self._fit_horizon()
+                        bar.update(total=self.horizon)
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < self.horizon:
+                    self.save(self._last_eval if self._last_eval and self._last_eval["step"] == self.step else {})
