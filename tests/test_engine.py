@@ -353,3 +353,13 @@ def test_ctrl_c_names_the_checkpoint_to_resume_from_and_resume_works(shards: Pat
     resumed = subprocess.run(command(step + 3, "--resume"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert find_checkpoint(out).meta["step"] == step + 3
+
+
+def test_compile_on_cpu_without_a_compiler_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scratchlm.train.distributed as distributed
+
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match="C\\+\\+ compiler"):
+        parallelize(model, TrainConfig(compile=True))

@@ -9,6 +9,8 @@ recomputation, and generation with a cache would recompile at every new cache le
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from scratchlm.errors import UserError
 from scratchlm.model.gpt import GPT
 from scratchlm.train.settings import TrainConfig
 
@@ -32,6 +35,8 @@ def _training_only(block: nn.Module, wrapped: Callable[..., Any], plain: Callabl
 def parallelize(model: GPT, config: TrainConfig) -> nn.Module:
     """Apply activation checkpointing and per-block compilation as `config` asks; returns the
     module the training step calls (today the model itself)."""
+    if config.compile and next(model.parameters()).device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        raise UserError("train.compile on a CPU needs a C++ compiler (torch.compile generates C++ there); install g++ or set train.compile = false.")
     for block in model.transformer.h:
         plain = block.forward
         wrapped = plain
