@@ -38,22 +38,31 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
 def cpu_bf16_is_faster() -> bool:
     """Whether bf16 matmuls beat fp32 on this CPU, timed rather than guessed.
 
-    With native bf16 (AVX-512 BF16, AMX) bf16 autocast trains ~1.8× faster than fp32; on an
-    AVX2-only CPU the same matmul falls back to a path ~100× slower. 10-50 ms to find out.
+    With native bf16 (AVX-512 BF16, AMX) bf16 autocast trains ~1.5-2× faster than fp32; on an
+    AVX2-only CPU the same matmul falls back to a path ~100× slower. Each precision keeps its best
+    of several runs, so a burst of load from another process does not decide it. ~20-60 ms.
     """
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(128, 256, generator=generator)
-    w = torch.randn(256, 256, generator=generator)
+    x = torch.randn(256, 512, generator=generator)
+    w = torch.randn(512, 512, generator=generator)
 
-    def seconds(dtype: torch.dtype) -> float:
-        a, b = x.to(dtype), w.to(dtype)
-        F.linear(a, b)
+    def seconds(a: torch.Tensor, b: torch.Tensor) -> float:
         started = time.perf_counter()
-        for _ in range(3):
-            F.linear(a, b)
+        F.linear(a, b)
         return time.perf_counter() - started
 
-    return seconds(torch.bfloat16) < seconds(torch.float32)
+    F.linear(x, w)
+    fp32 = min(seconds(x, w) for _ in range(5))
+    a, b = x.bfloat16(), w.bfloat16()
+    F.linear(a, b)
+    for _ in range(5):
+        bf16 = seconds(a, b)
+        if bf16 < fp32:
+            return True
+        if bf16 > 4 * fp32:
+            # A fallback path (no native bf16): no need to wait for more runs of it.
+            return False
+    return False
 
 
 def resolve_dtype(name: str, device: torch.device, setting: str = "train.dtype") -> torch.dtype:
