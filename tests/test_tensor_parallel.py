@@ -67,6 +67,8 @@ def _shard_and_compare(rank: int, port: int, name: str) -> None:
         out.square().sum().backward()
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(x.grad, want_grad, atol=1e-4, rtol=1e-4)
+        # Both ranks done before rank 0 tears down the store the other still talks to.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -88,7 +88,7 @@ class Sampler:
         if not self.path.exists():
             return
         sections = self.path.read_text().split("## step ")
-        kept = [s for s in sections[1:] if int(s.split("\n", 1)[0]) <= step]
+        kept = [s for s in sections[1:] if not s.split("\n", 1)[0].isdigit() or int(s.split("\n", 1)[0]) <= step]
         self.path.write_text("".join("## step " + s for s in kept))
 
 
@@ -131,7 +131,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.step, self.tokens_seen, self.horizon = 0, 0, settings.max_steps
         self.elapsed_before, self.train_before = 0.0, 0.0
-        self.resumed_from: int | None = None
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -213,7 +212,6 @@ class Trainer:
             info(f"train.max_steps is now {self.settings.max_steps} (was {saved_max}): the schedule ends at step {self.horizon}")
         if self.step >= self.horizon:
             raise UserError(f"The run in {self.out_dir} already finished at step {self.step}; raise train.max_steps (e.g. --set train.max_steps={self.step * 2}) to continue it.")
-        self.resumed_from = self.step
         if self.sampler is not None:
             self.sampler.keep_until(self.step)
         info(f"resuming from {checkpoint.path} (step {self.step})")
