@@ -206,10 +206,27 @@ def test_cli_generate_and_resume_fall_back_with_a_warning(two_checkpoints: Path,
     assert "resuming from" in resumed.stderr and "step_0000002" in resumed.stderr
 
 
-def test_checkpoint_files_share_one_mode_and_resaving_keeps_a_copy(two_checkpoints: Path) -> None:
-    newest = two_checkpoints / "checkpoints" / "step_0000004"
+def test_checkpoint_files_share_one_mode_and_a_failed_resave_keeps_the_old_copy(two_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scratchlm.train.checkpoint as writer
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    newest = run / "checkpoints" / "step_0000004"
     modes = {p.name: p.stat().st_mode & 0o777 for p in newest.iterdir() if p.is_file()}
     assert len(set(modes.values())) == 1, modes
+
+    model, tokenizer, meta = load_model(newest)
+    replace = os.replace
+
+    def failing(source, target):
+        if Path(source).name.startswith(".tmp-"):
+            raise OSError(28, "No space left on device")
+        return replace(source, target)
+
+    monkeypatch.setattr(writer.os, "replace", failing)
+    with pytest.raises(OSError):
+        writer.save_checkpoint(run, 4, model, tokenizer, {"tokens_seen": 0})
+    assert load_model(run)[2] == meta  # the step-4 checkpoint is still there, unchanged
 
 
 # ---- settings refused before step 1 ------------------------------------------------------------

@@ -498,3 +498,31 @@ def test_inference_never_imports_the_training_package() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mlp": "swiglu", "n_kv_head": 2, "bias": False}], ids=["gpt2", "swiglu_gqa"])
+def test_version_1_checkpoints_with_fused_tensors_still_load(tmp_path: Path, tokenizer: Tokenizer, overrides: dict) -> None:
+    """Written before q/k/v and gate/up were split: fused `c_attn` ([q; k; v]) and SwiGLU's fused
+    `c_fc` ([gate; up]), meta version 1. They load split, with the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    model = make_model(vocab_size=320, **overrides)
+    path = save(tmp_path, 3, model, tokenizer)
+    state = load_file(str(path / "model.safetensors"))
+    fused = {}
+    for name, tensor in state.items():
+        if ".attn.c_q." in name:
+            fused[name.replace("c_q", "c_attn")] = torch.cat([state[name.replace("c_q", part)] for part in ("c_q", "c_k", "c_v")])
+        elif ".attn.c_k." in name or ".attn.c_v." in name or ".mlp.c_gate." in name:
+            continue
+        elif ".mlp.c_fc." in name and model.config.mlp == "swiglu":
+            fused[name] = torch.cat([state[name.replace("c_fc", "c_gate")], tensor])
+        else:
+            fused[name] = tensor
+    save_file(fused, str(path / "model.safetensors"))
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    loaded, _, _ = load_model(path)
+    idx = torch.randint(0, tokenizer.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model(idx)[0])

@@ -102,7 +102,12 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer: Tokenizer, 
         if previous.exists():
             shutil.rmtree(previous)
         os.replace(final, previous)
-    os.replace(temporary, final)
+    try:
+        os.replace(temporary, final)
+    except OSError:
+        if previous.exists():
+            os.replace(previous, final)  # the old copy goes back in place
+        raise
     _fsync_dir(directory)
     if previous.exists():
         shutil.rmtree(previous)
