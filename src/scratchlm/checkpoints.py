@@ -159,6 +159,8 @@ class CheckpointInfo:
     meta: dict[str, Any]
     config: GPTConfig
     tokenizer: Tokenizer
+    train_state: dict[str, Any] | None = None
+    """Optimizer, batch position and RNG states, when asked for (resume): read once, here."""
 
 
 def check_checkpoint(checkpoint: Path, need_train_state: bool = False) -> CheckpointInfo:
@@ -177,9 +179,8 @@ def check_checkpoint(checkpoint: Path, need_train_state: bool = False) -> Checkp
         detail = f"{wrong[0]}: stored {shapes.get(wrong[0])}, config.json implies {expected.get(wrong[0])}"
         raise UserError(f"{weights} does not fit {checkpoint / 'config.json'} ({detail}); one of the two files is corrupt or from another model.")
     tokenizer = load_checkpoint_tokenizer(checkpoint)
-    if need_train_state:
-        load_train_state(checkpoint)
-    return CheckpointInfo(checkpoint, meta, config, tokenizer)
+    train_state = load_train_state(checkpoint) if need_train_state else None
+    return CheckpointInfo(checkpoint, meta, config, tokenizer, train_state)
 
 
 def load_train_state(checkpoint: Path) -> dict[str, Any]:

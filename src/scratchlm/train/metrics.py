@@ -88,8 +88,6 @@ class MetricsLog:
             # resumed run logs those steps again.
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
-        elif path.exists():
-            path.unlink()
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:

@@ -22,7 +22,6 @@ from scratchlm.checkpoints import (
     CheckpointInfo,
     find_checkpoint,
     list_checkpoints,
-    load_train_state,
     load_weights,
 )
 from scratchlm.config import to_dict
@@ -189,7 +188,7 @@ def pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -
     if checkpoint is not None:
         _check_resumable(checkpoint, config)
         load_weights(model, checkpoint)
-        trainer.resume(checkpoint, load_train_state(checkpoint.path))
+        trainer.resume(checkpoint)
     elif overwrite and existing_run(out_dir):
         info(f"--overwrite: replacing the run in {out_dir}")
         clear_run_dir(out_dir)

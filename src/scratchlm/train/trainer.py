@@ -195,8 +195,11 @@ class Trainer:
             "train_s": self._train_s(),
         }
 
-    def resume(self, checkpoint: CheckpointInfo, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint and its training state (weights already loaded)."""
+    def resume(self, checkpoint: CheckpointInfo) -> None:
+        """Continue from a checkpoint found with its training state (weights already loaded)."""
+        state = checkpoint.train_state
+        if state is None:
+            raise ValueError("resume needs a checkpoint found with need_train_state=True")
         self.optimizer.load_state_dict(state["optimizer"])
         self.train_batches.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
