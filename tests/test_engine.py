@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,7 +163,10 @@ DAMAGE = [
     ("config.json", "shape"),
     ("meta.json", "garbage"),
     ("meta.json", "missing"),
-    ("train_state/rank0.pt", "truncate"),
+    ("train_state/state.pt", "truncate"),
+    ("train_state/rng_rank0.pt", "garbage"),
+    ("train_state/optimizer/.metadata", "missing"),
+    ("train_state/optimizer/__0_0.distcp", "truncate"),
 ]
 
 
@@ -182,7 +186,7 @@ def test_a_broken_checkpoint_is_named_and_the_run_falls_back(two_checkpoints: Pa
     if file.startswith("train_state"):
         # Loading the model does not need the training state; resuming does.
         assert find_checkpoint(newest).path == newest
-        with pytest.raises(UserError, match="rank0.pt"):
+        with pytest.raises(UserError, match=re.escape(file.split("/")[-1])):
             find_checkpoint(newest, need_train_state=True)
         assert find_checkpoint(run, need_train_state=True).path.name == "step_0000002"
         return

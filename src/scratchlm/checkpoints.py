@@ -5,7 +5,11 @@
       config.json          the GPTConfig
       tokenizer/           the tokenizer, so a checkpoint is self-contained
       meta.json            format version, step, tokens seen, metrics, the whole run config
-      train_state/         rank{r}.pt: optimizer, data-loader position and RNG states per rank
+      train_state/         what exact resume needs:
+        state.pt           data-loader position, schedule, clocks, loss scaler, process layout
+        optimizer/         optimizer states, a torch.distributed.checkpoint directory (resharded
+                           on load, so a run resumes at another number of processes)
+        rng_rank{r}.pt     RNG states of rank r
 
 Writing them is the training package's job (`scratchlm.train.checkpoint`); this module is what
 generation, evaluation and serving use, so inference never imports training.
@@ -38,7 +42,14 @@ FORMAT_VERSION = 2
 and SwiGLU's gate and up in one c_fc) is read and split on load."""
 READABLE_VERSIONS = (1, 2)
 PREFIX = "step_"
-TRAIN_STATE = Path("train_state") / "rank0.pt"
+SHARED_STATE = Path("train_state") / "state.pt"
+OPTIMIZER_STATE = Path("train_state") / "optimizer"
+LEGACY_TRAIN_STATE = Path("train_state") / "rank0.pt"
+"""Before distributed training, one file held the optimizer, data and RNG states."""
+
+
+def rank_state_file(rank: int) -> Path:
+    return Path("train_state") / f"rng_rank{rank}.pt"
 
 
 def checkpoint_name(step: int) -> str:
@@ -183,18 +194,58 @@ def check_checkpoint(checkpoint: Path, need_train_state: bool = False) -> Checkp
     return CheckpointInfo(checkpoint, meta, config, tokenizer, train_state)
 
 
-def load_train_state(checkpoint: Path) -> dict[str, Any]:
-    path = checkpoint / TRAIN_STATE
+def _load_torch_file(path: Path, checkpoint: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path} is missing, so {checkpoint} cannot be resumed; start a new run from its weights with train.init_from instead.")
     try:
         # Our own file, holding optimizer tensors, RNG states and plain data.
-        state = torch.load(path, weights_only=False, map_location="cpu")
+        return torch.load(path, weights_only=False, map_location="cpu")
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
         raise UserError(f"{path} cannot be read ({type(error).__name__}: {str(error)[:120]}); the file is corrupt.") from None
-    if not isinstance(state, dict) or not {"optimizer", "loader", "rng"} <= set(state):
-        raise UserError(f"{path} is not a scratchlm training state; the file is corrupt.")
-    return state
+
+
+def _check_distributed_checkpoint(directory: Path, checkpoint: Path) -> None:
+    """A torch.distributed.checkpoint directory's index is readable and every file it points
+    into is long enough: a lost or truncated shard is named now, not midway through a resume."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    if not (directory / ".metadata").is_file():
+        raise UserError(f"{directory / '.metadata'} is missing, so {checkpoint} cannot be resumed; start a new run from its weights with train.init_from instead.")
+    try:
+        storage = FileSystemReader(str(directory)).read_metadata().storage_data
+    except Exception as error:  # noqa: BLE001 - pickle and torch raise many types for a damaged file
+        raise UserError(f"{directory / '.metadata'} cannot be read ({type(error).__name__}); the file is corrupt.") from None
+    needed: dict[str, int] = {}
+    for item in storage.values():
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
+    for name, length in sorted(needed.items()):
+        path = directory / name
+        size = path.stat().st_size if path.is_file() else -1
+        if size < length:
+            state = "missing" if size < 0 else f"{size:,} bytes where its index needs {length:,}"
+            raise UserError(f"{path} is {state}: the checkpoint's optimizer state is incomplete, so {checkpoint} cannot be resumed.")
+
+
+def load_train_state(checkpoint: Path) -> dict[str, Any]:
+    """The shared state, with `rng` mapping each saving rank to its RNG states, and either
+    `optimizer_dir` (the sharded optimizer states) or, from a checkpoint of an older version,
+    `optimizer` (one process's optimizer state dict)."""
+    if not (checkpoint / SHARED_STATE).exists() and (checkpoint / LEGACY_TRAIN_STATE).exists():
+        state = _load_torch_file(checkpoint / LEGACY_TRAIN_STATE, checkpoint)
+        if not isinstance(state, dict) or not {"optimizer", "loader", "rng"} <= set(state):
+            raise UserError(f"{checkpoint / LEGACY_TRAIN_STATE} is not a scratchlm training state; the file is corrupt.")
+        return {**state, "rng": {0: state["rng"]}, "layout": {"world_size": 1}}
+    state = _load_torch_file(checkpoint / SHARED_STATE, checkpoint)
+    if not isinstance(state, dict) or not {"loader", "layout"} <= set(state):
+        raise UserError(f"{checkpoint / SHARED_STATE} is not a scratchlm training state; the file is corrupt.")
+    _check_distributed_checkpoint(checkpoint / OPTIMIZER_STATE, checkpoint)
+    rng = {}
+    for rank in range(state["layout"]["world_size"]):
+        saved = _load_torch_file(checkpoint / rank_state_file(rank), checkpoint)
+        if not isinstance(saved, dict) or "rng" not in saved:
+            raise UserError(f"{checkpoint / rank_state_file(rank)} is not a scratchlm RNG state; the file is corrupt.")
+        rng[rank] = saved["rng"]
+    return {**state, "rng": rng, "optimizer_dir": checkpoint / OPTIMIZER_STATE}
 
 
 def find_checkpoint(path: str | Path, need_train_state: bool = False) -> CheckpointInfo:

@@ -6,11 +6,16 @@ boundary, which keeps indexing to a file and an offset.
 
 Two ways to pick windows:
 - "random": every start offset of every file is equally likely (a global offset is drawn and
-  mapped to its file, which weights files by their number of windows). The generator is seeded
-  with (seed, rank), so ranks draw different windows and a seed replays the same run.
-- "sequential": the non-overlapping windows (stride block_size) in file order; window k belongs
-  to rank k % world_size. Training wraps around into the next `epoch`; `iter_epoch` is exactly
-  one pass, for evaluation.
+  mapped to its file, which weights files by their number of windows).
+- "sequential": the non-overlapping windows (stride block_size) in file order. Training wraps
+  around into the next `epoch`; `iter_epoch` is exactly one pass, for evaluation.
+
+Data-parallel ranks: every call draws one *global* micro-batch of batch_size × world_size
+windows from a stream that all ranks share (one generator seeded with `seed`, or one position),
+and rank r keeps rows r·batch_size to (r+1)·batch_size - 1. The windows a step trains on are
+therefore the same for any number of ranks with the same global batch: 2 ranks × 1 micro-batch
+see exactly what 1 process × 2 micro-batches sees, so losses match across layouts and a
+checkpoint resumes at another world size on the same data.
 
 `state_dict` is plain JSON-able data (counters and the generator's state), enough for the next
 batch after a resume to be the one an uninterrupted run would have drawn.
@@ -35,7 +40,7 @@ MODES = ("random", "sequential")
 class TokenLoader:
     """Endless (x, y) batches of shape (batch_size, block_size) from one split of a shards directory.
 
-    Public counters: `num_windows` (this rank's windows in one sequential pass), `batches`
+    Public counters: `num_windows` (the split's windows in one sequential pass, all ranks), `batches`
     (drawn by next_batch so far) and `epoch` (completed sequential passes; 0 in random mode).
     """
 
@@ -74,31 +79,39 @@ class TokenLoader:
         # (sequential): file f owns the global numbers bounds[f] <= g < bounds[f + 1].
         self._start_bounds = np.concatenate([[0], np.cumsum(np.maximum(lengths - block_size, 0))])
         self._window_bounds = np.concatenate([[0], np.cumsum(np.maximum(lengths - 1, 0) // block_size)])
-        total_windows = int(self._window_bounds[-1])
-        self.num_windows = len(range(rank, total_windows, world_size))
+        self.num_windows = int(self._window_bounds[-1])
         if self.num_windows == 0:
-            raise UserError(f"The {split} split has {total_windows} windows of {block_size} tokens, none left for rank {rank} of {world_size}; use a smaller block size or more data.")
-        self._rng = np.random.default_rng([seed, rank])
+            raise UserError(f"The {split} split has no whole window of {block_size} tokens; use a smaller block size or more data.")
+        self._rng = np.random.default_rng(seed)
         self.batches = 0
         self.epoch = 0
         self._position = 0
 
     @property
+    def global_batch_size(self) -> int:
+        """Windows per call over all ranks."""
+        return self.batch_size * self.world_size
+
+    @property
     def batches_per_epoch(self) -> int:
-        """Batches in one `iter_epoch` pass; the last one may be smaller."""
-        return -(-self.num_windows // self.batch_size)
+        """Batches in one `iter_epoch` pass (the same on every rank); the last one may be smaller."""
+        return -(-self.num_windows // self.global_batch_size)
+
+    def _my_rows(self, rows: np.ndarray) -> np.ndarray:
+        """This rank's share of a global micro-batch."""
+        return rows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def next_batch(self) -> Batch:
         """The next (x, y), each int64 of shape (batch_size, block_size) on the loader's device."""
         if self.mode == "random":
-            starts = self._rng.integers(0, self._start_bounds[-1], size=self.batch_size)
+            starts = self._my_rows(self._rng.integers(0, self._start_bounds[-1], size=self.global_batch_size))
             files = np.searchsorted(self._start_bounds, starts, side="right") - 1
             offsets = starts - self._start_bounds[files]
         else:
-            order = (self._position + np.arange(self.batch_size)) % self.num_windows
+            order = self._my_rows((self._position + np.arange(self.global_batch_size)) % self.num_windows)
             files, offsets = self._locate_windows(order)
-            self.epoch += (self._position + self.batch_size) // self.num_windows
-            self._position = (self._position + self.batch_size) % self.num_windows
+            self.epoch += (self._position + self.global_batch_size) // self.num_windows
+            self._position = (self._position + self.global_batch_size) % self.num_windows
         self.batches += 1
         return self._gather(files, offsets)
 
@@ -109,16 +122,24 @@ class TokenLoader:
         return self.next_batch()
 
     def iter_epoch(self, max_windows: int | None = None) -> Iterator[Batch]:
-        """Exactly one sequential pass over this rank's windows (or its first `max_windows`), each
-        window once, whatever the mode; the last batch may be smaller. Leaves the training
-        position alone."""
-        end = self.num_windows if max_windows is None else min(max_windows, self.num_windows)
-        for first in range(0, end, self.batch_size):
-            yield self._gather(*self._locate_windows(np.arange(first, min(first + self.batch_size, end))))
+        """Exactly one sequential pass over the split's windows (or its first `max_windows`), each
+        window once over all ranks, whatever the mode; leaves the training position alone.
 
-    def _locate_windows(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(file, token offset) of this rank's windows number `order` in the sequential pass."""
-        windows = self.rank + self.world_size * order
+        Every rank yields `batches_per_epoch` batches, because sharded models need every rank in
+        every forward pass: a rank whose share of the last global batch is empty gets one
+        window with every target -100 (ignored by the loss and by evaluation).
+        """
+        end = self.num_windows if max_windows is None else min(max_windows, self.num_windows)
+        for first in range(0, end, self.global_batch_size):
+            windows = self._my_rows(np.arange(first, min(first + self.global_batch_size, end)))
+            if len(windows):
+                yield self._gather(*self._locate_windows(windows))
+            else:
+                x, y = self._gather(*self._locate_windows(np.zeros(1, dtype=np.int64)))
+                yield x, torch.full_like(y, -100)
+
+    def _locate_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(file, token offset) of the sequential pass's windows number `windows`."""
         files = np.searchsorted(self._window_bounds, windows, side="right") - 1
         return files, (windows - self._window_bounds[files]) * self.block_size
 
@@ -138,7 +159,8 @@ class TokenLoader:
     # ---- resume -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader stands, as JSON-able data; checkpoints store one per rank."""
+        """Where the loader stands, as JSON-able data: the same on every rank, and valid for any
+        number of ranks (the stream is shared)."""
         state: dict[str, Any] = {**self._identity(), "batches": self.batches, "epoch": self.epoch}
         if self.mode == "random":
             state["rng"] = self._rng.bit_generator.state
@@ -150,7 +172,7 @@ class TokenLoader:
         """Continue from a saved state; it must come from a loader over the same data and settings."""
         saved = {key: state.get(key) for key in self._identity()}
         if saved != self._identity():
-            raise UserError(f"The saved data-loader state is for {saved}, not {self._identity()}; resume with the same shards, split, mode, block size and ranks.")
+            raise UserError(f"The saved data-loader state is for {saved}, not {self._identity()}; resume with the same shards, split, mode and block size.")
         self.batches, self.epoch = state["batches"], state["epoch"]
         if self.mode == "random":
             self._rng.bit_generator.state = state["rng"]
@@ -164,6 +186,4 @@ class TokenLoader:
             "split_tokens": self.split_tokens,
             "mode": self.mode,
             "block_size": self.block_size,
-            "rank": self.rank,
-            "world_size": self.world_size,
         }

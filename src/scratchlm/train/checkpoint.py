@@ -5,14 +5,24 @@ A checkpoint is written under a temporary name, every file and the directory are
 only then is it renamed into place, so a crash or power loss never leaves a half-written
 checkpoint as the latest. Re-saving a step moves the old copy aside first and deletes it only
 once the new one is in place. The newest `keep` checkpoints are kept.
+
+Over several processes: the weights are gathered into one full fp32 file (the same file a
+single process writes, so generation, evaluation and conversion never care how a model was
+trained); the optimizer states go through `torch.distributed.checkpoint`, each rank writing its
+own shards, which a run at any other number of processes reads back resharded; each rank writes
+its RNG states; rank 0 writes everything else and renames the checkpoint into place. Every rank
+must see the same `train.out_dir` (a shared filesystem across machines).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +33,16 @@ from safetensors.torch import save_file
 from scratchlm.checkpoints import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    TRAIN_STATE,
+    OPTIMIZER_STATE,
+    SHARED_STATE,
     checkpoint_name,
     list_checkpoints,
+    rank_state_file,
 )
 from scratchlm.config import to_dict
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.train.distributed import Distributed
 
 
 def rng_state() -> dict[str, Any]:
@@ -47,12 +60,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """Weights to save: fp32, contiguous, a tied output head stored once (as the embedding)."""
-    state = {name: tensor.detach().float().contiguous().cpu() for name, tensor in model.state_dict().items()}
+def full_weights(model: GPT, dist_info: Distributed | None) -> dict[str, torch.Tensor]:
+    """The whole model's weights on rank 0, in fp32 on the CPU, a tied head stored once (as the
+    embedding); an empty dict on the other ranks. Gathers FSDP and tensor-parallel shards: every
+    rank must call it."""
+    if dist_info is not None and dist_info.enabled:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not dist_info.is_main:
+            return {}
+    else:
+        state = model.state_dict()
+    state = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
+
+
+@contextlib.contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """torch.distributed.checkpoint warns whenever it runs without a process group, which is
+    how a single-process run saves: nothing for the user to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_optimizer(model: GPT, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Each rank writes its shards of the optimizer states, keyed by parameter name."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    with _single_process_is_intended():
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(directory), no_dist=not torch.distributed.is_initialized())
+
+
+def load_optimizer(model: GPT, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Read optimizer states saved by `save_optimizer` at any number of processes into this
+    run's (possibly differently sharded) optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    # The template has this run's shapes and shards; DCP fills it from whatever layout saved it.
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    with _single_process_is_intended():
+        dcp.load(state, checkpoint_id=str(directory), no_dist=not torch.distributed.is_initialized())
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 
 def _default_file_mode() -> int:
@@ -78,26 +138,63 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], train_state: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """Write a checkpoint atomically and delete all but the newest `keep`."""
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: GPT,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+    keep: int = 2,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    dist_info: Distributed | None = None,
+) -> Path:
+    """Write a checkpoint atomically and delete all but the newest `keep`; every rank calls it.
+
+    `train_state` (what every rank shares: data position, schedule, clocks) and the optimizer's
+    states (when `optimizer` is given) make it resumable; each rank's RNG states are added.
+    """
     directory = Path(run_dir) / "checkpoints"
     final = directory / checkpoint_name(step)
     temporary = directory / f".tmp-{checkpoint_name(step)}"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    (temporary / "train_state").mkdir(parents=True)
-    weights = temporary / "model.safetensors"
-    save_file(model_state(model), str(weights))
+    main = dist_info is None or dist_info.is_main
+    if main:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        (temporary / SHARED_STATE).parent.mkdir(parents=True)
+    weights = full_weights(model, dist_info)
+    if dist_info is not None:
+        dist_info.barrier()  # the temporary directory exists for every rank
+    if train_state is not None:
+        if optimizer is not None:
+            save_optimizer(model, optimizer, temporary / OPTIMIZER_STATE)
+        torch.save({"rng": rng_state()}, temporary / rank_state_file(dist_info.rank if dist_info else 0))
+    if dist_info is not None:
+        dist_info.barrier()  # every rank's files are written
+    if main:
+        _write_and_swap(temporary, final, directory, weights, model, tokenizer, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": step, **meta}, train_state)
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    if dist_info is not None:
+        dist_info.barrier()  # nobody moves on before the checkpoint is in place
+    return final
+
+
+def _write_and_swap(temporary: Path, final: Path, directory: Path, weights: dict[str, torch.Tensor], model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], train_state: dict[str, Any] | None) -> None:
+    path = temporary / "model.safetensors"
+    save_file(weights, str(path))
     # safetensors creates its file private (0600); give it the mode of the files beside it.
-    os.chmod(weights, _default_file_mode())
+    os.chmod(path, _default_file_mode())
     (temporary / "config.json").write_text(json.dumps(to_dict(model.config), indent=2) + "\n")
     tokenizer.save(temporary / "tokenizer")
-    full_meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": step, **meta}
-    (temporary / "meta.json").write_text(json.dumps(full_meta, indent=2) + "\n")
+    (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if train_state is not None:
-        torch.save(train_state, temporary / TRAIN_STATE)
+        torch.save(train_state, temporary / SHARED_STATE)
+    else:
+        shutil.rmtree(temporary / SHARED_STATE.parent)
     _fsync_tree(temporary)
-    previous = directory / f".old-{checkpoint_name(step)}"
+    previous = directory / f".old-{final.name}"
     if final.exists():
         if previous.exists():
             shutil.rmtree(previous)
@@ -111,6 +208,3 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer: Tokenizer, 
     _fsync_dir(directory)
     if previous.exists():
         shutil.rmtree(previous)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
-    return final

@@ -78,10 +78,13 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to `metrics.jsonl`."""
+    """Appends one JSON object per logged step to `metrics.jsonl`; with no path (ranks other
+    than 0) it writes nothing."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path | None, resume_step: int | None = None) -> None:
         self.path = path
+        if path is None:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
             # Lines past the checkpoint we resume from were logged by the run that died; the
@@ -90,6 +93,8 @@ class MetricsLog:
             path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

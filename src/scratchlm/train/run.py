@@ -1,8 +1,10 @@
 """`build_run` assembles a pretraining run; `pretrain` runs it on the Trainer.
 
-    build_run(config)  →  tokenizer, shards, model (+ init_from weights), parallelize(model),
-                          optimizer, train batches, evaluators, sampler  →  Trainer
-    pretrain(config)   =  check the run directory, build_run, resume if asked, Trainer.fit
+    build_run(config)  →  tokenizer, shards, model (+ init_from or resumed weights),
+                          parallelize(model), optimizer, train batches, evaluators, sampler
+                          →  Trainer
+    pretrain(config)   =  join the job's processes, check the run directory, build_run,
+                          resume if asked, Trainer.fit
 
 Everything a user can get wrong is checked here, before step 1: settings, paths, the tokenizer,
 a validation split too small for one window, an existing run directory.
@@ -30,9 +32,14 @@ from scratchlm.errors import UserError
 from scratchlm.eval.perplexity import ShardEvaluator, token_byte_lengths
 from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.paths import check_output_location, make_directory
-from scratchlm.runtime import autocast, resolve_device, resolve_dtype
+from scratchlm.runtime import DTYPES, autocast, resolve_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
-from scratchlm.train.distributed import parallelize
+from scratchlm.train.distributed import (
+    Distributed,
+    parallelize,
+    setup_distributed,
+    shutdown_distributed,
+)
 from scratchlm.train.metrics import MetricsLog, peak_flops
 from scratchlm.train.optim import make_optimizer
 from scratchlm.train.settings import RunConfig
@@ -106,9 +113,14 @@ def _model_config(config: RunConfig, tokenizer: Tokenizer, init: CheckpointInfo 
     return model_config
 
 
-def build_run(config: RunConfig) -> tuple[Trainer, RunConfig]:
+def build_run(config: RunConfig, dist_info: Distributed | None = None, resume_from: CheckpointInfo | None = None) -> tuple[Trainer, RunConfig]:
     """Everything a pretraining run needs, checked, on a Trainer; and the run's config with the
-    model settings it resolved (vocabulary size, init_from's architecture)."""
+    model settings it resolved (vocabulary size, init_from's architecture).
+
+    `dist_info` places this process in a multi-process job (default: join the job the launcher
+    started, if any); `resume_from` is a checkpoint whose weights the model starts from (the
+    Trainer's `resume` then restores the rest). Weights are loaded before the model is sharded.
+    """
     from scratchlm.data.loader import TokenLoader
     from scratchlm.data.shards import check_tokenizer, read_manifest
 
@@ -117,8 +129,11 @@ def build_run(config: RunConfig) -> tuple[Trainer, RunConfig]:
         raise UserError("No training data: set data.shards to a shards directory (made by `scratchlm data prepare --tokenizer` or the speedrun).")
     shards = Path(config.data.shards)
     manifest = read_manifest(shards)
-    device = resolve_device(tc.device)
+    dist_info = dist_info if dist_info is not None else setup_distributed(config.parallel, tc.device)
+    device = dist_info.device
     dtype = resolve_dtype(tc.dtype, device)
+    # `auto` measures this CPU; every rank must run the precision rank 0 measured.
+    dtype = list(DTYPES.values())[int(dist_info.agree(list(DTYPES.values()).index(dtype)))]
 
     init = find_checkpoint(tc.init_from) if tc.init_from else None
     if init is not None:
@@ -131,20 +146,30 @@ def build_run(config: RunConfig) -> tuple[Trainer, RunConfig]:
     model_config = _model_config(config, tokenizer, init)
     config = dataclasses.replace(config, model=model_config)
 
-    tokens_per_micro = tc.micro_batch_size * model_config.block_size
+    tokens_per_micro = tc.micro_batch_size * model_config.block_size * dist_info.data_size
     byte_lengths = token_byte_lengths(tokenizer, model_config.vocab_size, device)
-    evaluator = ShardEvaluator(shards, "val", tc.micro_batch_size, model_config.block_size, byte_lengths, tc.eval_tokens, autocast(device, dtype))
-    train_batches = TokenLoader(shards, "train", tc.micro_batch_size, model_config.block_size, mode="random", seed=tc.seed, device=device)
+    ranks = {"rank": dist_info.data_rank, "world_size": dist_info.data_size}
+    evaluator = ShardEvaluator(shards, "val", tc.micro_batch_size, model_config.block_size, byte_lengths, tc.eval_tokens, autocast(device, dtype), group=dist_info.data_group, **ranks)
+    train_batches = TokenLoader(shards, "train", tc.micro_batch_size, model_config.block_size, mode="random", seed=tc.seed, device=device, **ranks)
 
+    # Every rank builds the same initial model from the seed; sharding keeps each rank's part.
     torch.manual_seed(tc.seed)
     model = GPT(model_config)
-    if init is not None:
+    if resume_from is not None:
+        _check_resumable(resume_from, config)
+        load_weights(model, resume_from)
+    elif init is not None:
         load_weights(model, init)
         info(f"initialized from {init.path} (step {init.meta['step']})")
     model = model.to(device)
-    train_model = parallelize(model, tc)
-    optimizer = make_optimizer(train_model, config.optim, device.type)
-    sampler = Sampler(tokenizer, tc.sample_prompt, tc.sample_tokens, tc.seed, Path(tc.out_dir) / "samples.md") if tc.sample_tokens > 0 else None
+    if config.parallel.backend == "deepspeed" and dist_info.enabled:
+        from scratchlm.train.deepspeed_backend import make_engine
+
+        train_model, optimizer = make_engine(model, config, dist_info, dtype)
+    else:
+        train_model = parallelize(model, tc, dist_info, dtype)
+        optimizer = make_optimizer(train_model, config.optim, device.type)
+    sampler = Sampler(tokenizer, tc.sample_prompt, tc.sample_tokens, tc.seed, Path(tc.out_dir) / "samples.md", write=dist_info.is_main) if tc.sample_tokens > 0 else None
     trainer = Trainer(
         train_model,
         optimizer,
@@ -161,6 +186,7 @@ def build_run(config: RunConfig) -> tuple[Trainer, RunConfig]:
         run_config=to_dict(config),
         flops_per_token=model.flops_per_token(model_config.block_size),
         peak_flops=tc.peak_flops or peak_flops(device, dtype),
+        dist_info=dist_info,
     )
     return trainer, config
 
@@ -181,24 +207,33 @@ def pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -
     refused.
     """
     out_dir = Path(config.train.out_dir)
-    check_run_dir(out_dir, resume, overwrite)
-    checkpoint = find_checkpoint(out_dir, need_train_state=True) if resume else None
-    trainer, config = build_run(config)
-    model: GPT = trainer.checkpoint_model  # type: ignore[assignment]
-    if checkpoint is not None:
-        _check_resumable(checkpoint, config)
-        load_weights(model, checkpoint)
-        trainer.resume(checkpoint)
-    elif overwrite and existing_run(out_dir):
-        info(f"--overwrite: replacing the run in {out_dir}")
-        clear_run_dir(out_dir)
-    make_directory(out_dir, "train.out_dir")
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=trainer.step if checkpoint is not None else None)
-    info(
-        f"model: {model.num_params() / 1e6:.2f} M parameters, {trainer.flops_per_token / 1e6:.1f} MFLOP/token; "
-        f"{trainer.grad_accum} × {config.train.micro_batch_size} × {config.model.block_size} tokens per step; {trainer.dtype} on {trainer.device}"
-    )
-    final = trainer.fit(metrics)
+    dist_info = setup_distributed(config.parallel, config.train.device)
+    try:
+        check_run_dir(out_dir, resume, overwrite)
+        checkpoint = find_checkpoint(out_dir, need_train_state=True) if resume else None
+        trainer, config = build_run(config, dist_info, resume_from=checkpoint)
+        model: GPT = trainer.checkpoint_model  # type: ignore[assignment]
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        elif overwrite and existing_run(out_dir) and dist_info.is_main:
+            info(f"--overwrite: replacing the run in {out_dir}")
+            clear_run_dir(out_dir)
+        if dist_info.is_main:
+            make_directory(out_dir, "train.out_dir")
+        dist_info.barrier()
+        metrics = MetricsLog(out_dir / "metrics.jsonl" if dist_info.is_main else None, resume_step=trainer.step if checkpoint is not None else None)
+        info(
+            f"model: {model.num_params() / 1e6:.2f} M parameters, {trainer.flops_per_token / 1e6:.1f} MFLOP/token; "
+            f"{trainer.grad_accum} × {config.train.micro_batch_size} × {config.model.block_size} × {dist_info.data_size} tokens per step; "
+            f"{trainer.dtype} on {trainer.device}, {dist_info.describe()}"
+        )
+        final = trainer.fit(metrics)
+        shutdown_distributed()
+    except BaseException:
+        # Leave the group without waiting for the others: they may be the ones that failed.
+        if dist_info.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
     val = {k.removeprefix("val_"): v for k, v in final.items() if k.startswith("val_")}
     if val:
         info(f"step {trainer.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}, {val['bpb']:.4f} bits per byte")

@@ -28,7 +28,7 @@ class TrainConfig:
     init_from: str = ""
     """Start a new run from the weights of this checkpoint (or run directory: its newest checkpoint), with a fresh optimizer and schedule: continued pretraining. Its model settings and tokenizer are used. Not the same as --resume, which continues a run exactly."""
     batch_tokens: int = 524_288
-    """Tokens per optimizer step (all micro-batches and processes); must be a multiple of micro_batch_size × block_size."""
+    """Tokens per optimizer step (all micro-batches and processes); must be a multiple of micro_batch_size × block_size × data-parallel processes (dp × fsdp)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients accumulate until batch_tokens."""
     max_steps: int = 1000
@@ -71,6 +71,65 @@ class TrainConfig:
                 raise UserError(f"train.{name} is {getattr(self, name)}; it must be 0 or more.")
 
 
+BACKENDS = ("torch", "deepspeed")
+
+
+@dataclass
+class ParallelConfig:
+    """How the model and the batch are spread over processes (`torchrun` or `scratchlm train
+    --nproc N` starts them). dp × fsdp × tp must equal the number of processes."""
+
+    dp: int = 0
+    """Data-parallel replicas: each holds the whole model (DDP: gradients all-reduced), or, with fsdp > 1, one copy of the sharded model (HSDP); 0 = the processes left over by fsdp × tp."""
+    fsdp: int = 1
+    """Processes that shard parameters, gradients and optimizer states among themselves (FSDP2, ZeRO-3 style); 1 = no sharding."""
+    tp: int = 1
+    """Tensor-parallel processes (Megatron-style: attention heads and MLP channels split column-wise, output projections row-wise); keep it within one machine."""
+    backend: str = "torch"
+    """torch (DDP / FSDP2 / tensor parallel, PyTorch's own) or deepspeed (ZeRO stage `zero_stage` over all processes; needs the `deepspeed` extra)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also parameters (backend = "deepspeed" only)."""
+    reshard_after_forward: bool = True
+    """FSDP2: free the gathered parameters after each block's forward and gather them again for its backward (ZeRO-3; less memory, more communication); false keeps them until the backward (ZeRO-2-like)."""
+    mixed_precision: bool = True
+    """FSDP2 with a bf16/fp16 train.dtype: gather parameters in that dtype (half the traffic) and reduce gradients in fp32."""
+    cpu_offload: bool = False
+    """FSDP2: keep parameter shards, gradients and optimizer states in host memory and run the optimizer step there (fits larger models on fewer GPUs, slower)."""
+    timeout_s: float = 600.0
+    """How long a collective may wait for the other processes before the job stops with an error (a dead or stuck rank)."""
+
+    def __post_init__(self) -> None:
+        if self.dp < 0:
+            raise UserError(f"parallel.dp is {self.dp}; it must be 0 (automatic) or more.")
+        for name in ("fsdp", "tp"):
+            if getattr(self, name) < 1:
+                raise UserError(f"parallel.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.backend not in BACKENDS:
+            raise UserError(f"parallel.backend is {self.backend!r}; choose one of: {', '.join(BACKENDS)}.")
+        if self.zero_stage not in (1, 2, 3):
+            raise UserError(f"parallel.zero_stage is {self.zero_stage}; it must be 1, 2 or 3.")
+        if not self.timeout_s > 0:
+            raise UserError(f"parallel.timeout_s is {self.timeout_s}; it must be positive.")
+
+    def layout(self, world_size: int) -> tuple[int, int, int]:
+        """(dp, fsdp, tp) for `world_size` processes, dp resolved; one sentence when they do not fit."""
+        if self.backend == "deepspeed":
+            if self.fsdp != 1 or self.tp != 1 or self.dp not in (0, world_size):
+                raise UserError(f"parallel.backend = \"deepspeed\" shards with ZeRO over all {world_size} process(es); leave parallel.dp, fsdp and tp at their defaults (set parallel.zero_stage instead).")
+            return world_size, 1, 1
+        inner = self.fsdp * self.tp
+        if self.dp == 0:
+            if world_size % inner:
+                raise UserError(f"parallel.fsdp × parallel.tp = {inner} does not divide the {world_size} process(es); launch a multiple of {inner} processes or change the sizes.")
+            return world_size // inner, self.fsdp, self.tp
+        if self.dp * inner != world_size:
+            raise UserError(
+                f"parallel.dp × fsdp × tp = {self.dp} × {self.fsdp} × {self.tp} = {self.dp * inner}, but {world_size} process(es) were launched; "
+                f"launch {self.dp * inner}, or set parallel.dp = 0 to use what is left over."
+            )
+        return self.dp, self.fsdp, self.tp
+
+
 @dataclass
 class RunConfig:
     """A pretraining run: model, data, optimizer and loop settings."""
@@ -83,3 +142,5 @@ class RunConfig:
     """Optimizer and schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop settings."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Processes: data, fully sharded and tensor parallelism, or DeepSpeed."""

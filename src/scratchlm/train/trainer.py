@@ -12,6 +12,11 @@ Times: `elapsed_s` is wall time (what a time budget counts); `train_s` counts on
 steps, so tokens/s and MFU never include an evaluation, a sample or a checkpoint, and
 benchmarks can compare training seconds directly. Both continue across a resume.
 
+Over several processes (`dist_info`), every rank runs the same steps: the logged loss is the mean
+over ranks (so a non-finite loss stops every rank at the same step), the time budget's
+decisions are rank 0's, broadcast, and only rank 0 writes metrics, samples and the checkpoint's
+shared files.
+
 Order within a step: the update, then (when due) evaluation and sample, then (when due) the
 checkpoint. A checkpoint of step s therefore follows step s's evaluation, and a run resumed from
 it logs nothing twice. Checkpoints carry the optimizer, batch position and RNG states, so a
@@ -38,7 +43,8 @@ from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.runtime import autocast
 from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from scratchlm.train.checkpoint import load_optimizer, save_checkpoint, set_rng_state
+from scratchlm.train.distributed import Distributed, clip_grad_norm
 from scratchlm.train.metrics import MetricsLog
 from scratchlm.train.optim import OptimConfig, lr_at
 from scratchlm.train.settings import TrainConfig
@@ -69,23 +75,27 @@ def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 class Sampler:
     """A short sample at each evaluation, appended to `samples.md` under its step."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int, path: Path) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int, path: Path, write: bool = True) -> None:
+        """`write` is false on ranks other than 0: with a sharded model every rank must take part
+        in generating, but one writes the sample down."""
         if not prompt and tokenizer.eot_id is None:
             raise UserError("train.sample_prompt is empty and this tokenizer has no <|endoftext|> to start from; set train.sample_prompt or train.sample_tokens = 0.")
-        self.tokenizer, self.prompt, self.tokens, self.seed, self.path = tokenizer, prompt, tokens, seed, path
+        self.tokenizer, self.prompt, self.tokens, self.seed, self.path, self.write = tokenizer, prompt, tokens, seed, path, write
         self.prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
 
     def __call__(self, model: nn.Module, step: int) -> str:
         stop = [self.tokenizer.eot_id] if self.tokenizer.eot_id is not None else []
         new = generate(model, self.prompt_ids, self.tokens, SamplingConfig(temperature=0.8, top_k=200), seed=self.seed, stop_ids=stop, vocab_size=self.tokenizer.vocab_size)[0]
         text = self.tokenizer.decode(new)
+        if not self.write:
+            return text
         with self.path.open("a") as f:
             f.write(f"## step {step}\n\n```\n{self.prompt}{text}\n```\n\n")
         return text
 
     def keep_until(self, step: int) -> None:
         """Drop the samples of steps after `step` (a resumed run draws them again)."""
-        if not self.path.exists():
+        if not self.write or not self.path.exists():
             return
         sections = self.path.read_text().split("## step ")
         kept = [s for s in sections[1:] if not s.split("\n", 1)[0].isdigit() or int(s.split("\n", 1)[0]) <= step]
@@ -114,9 +124,14 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         flops_per_token: float = 0.0,
         peak_flops: float = 0.0,
+        dist_info: Distributed | None = None,
     ) -> None:
+        """`peak_flops` is one device's peak; MFU divides by it times the number of processes."""
         if settings.batch_tokens % tokens_per_micro_batch:
-            raise UserError(f"train.batch_tokens {settings.batch_tokens} is not a multiple of micro_batch_size × block_size = {tokens_per_micro_batch}; use {max(1, settings.batch_tokens // tokens_per_micro_batch) * tokens_per_micro_batch}.")
+            raise UserError(
+                f"train.batch_tokens {settings.batch_tokens} is not a multiple of micro_batch_size × block_size × data-parallel processes = {tokens_per_micro_batch}; "
+                f"use {max(1, settings.batch_tokens // tokens_per_micro_batch) * tokens_per_micro_batch}."
+            )
         self.model, self.optimizer, self.train_batches = model, optimizer, train_batches
         self.settings, self.optim = settings, optim
         self.grad_accum = settings.batch_tokens // tokens_per_micro_batch
@@ -126,6 +141,7 @@ class Trainer:
         self.sampler = sampler
         self.checkpoint_model, self.tokenizer, self.run_config = checkpoint_model, tokenizer, run_config or {}
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.dist = dist_info if dist_info is not None else Distributed(device=device)
         self.out_dir = Path(settings.out_dir)
         # fp16 needs its loss scaled so small gradients do not flush to zero; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -154,7 +170,7 @@ class Trainer:
                     loss = self.loss_fn(self.model, batch)
                 self.scaler.scale(loss / self.grad_accum).backward()
             loss_sum += loss.detach()
-        loss_value = float(loss_sum) / self.grad_accum
+        loss_value = float(self.dist.mean(loss_sum)) / self.grad_accum
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             last = list_checkpoints(self.out_dir)
@@ -164,7 +180,10 @@ class Trainer:
             )
         self.scaler.unscale_(self.optimizer)
         clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if self.dist.enabled:
+            grad_norm = clip_grad_norm(self.model.parameters(), clip)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -176,23 +195,28 @@ class Trainer:
         """Every evaluator's figures (prefixed with its name) and a sample."""
         record: dict[str, Any] = {}
         for name, evaluator in self.evaluators.items():
-            record |= {f"{name}_{key}": value for key, value in evaluator(self.model).items()}
+            record |= {f"{name}_{key}": value for key, value in evaluator(self.eval_model).items()}
         if self.sampler is not None:
             with self.autocast:
-                record["sample"] = self.sampler(self.model, self.step)
+                record["sample"] = self.sampler(self.eval_model, self.step)
         return record
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model itself, not a data-parallel wrapper (whose forward would wait for gradients)."""
+        return self.checkpoint_model if self.checkpoint_model is not None else self.model
 
     # ---- resume ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """What every rank shares; the optimizer and each rank's RNG states are saved beside it."""
         return {
-            "optimizer": self.optimizer.state_dict(),
             "loader": self.train_batches.state_dict(),
-            "rng": rng_state(),
             "scaler": self.scaler.state_dict(),
             "horizon": self.horizon,
             "elapsed_s": self._elapsed(),
             "train_s": self._train_s(),
+            "layout": self.dist.layout,
         }
 
     def resume(self, checkpoint: CheckpointInfo) -> None:
@@ -200,9 +224,20 @@ class Trainer:
         state = checkpoint.train_state
         if state is None:
             raise ValueError("resume needs a checkpoint found with need_train_state=True")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            if self.dist.enabled:
+                raise UserError(f"{checkpoint.path} was written by an older scratchlm with its optimizer state in one file; resume it in one process first (its next checkpoint resumes at any number of processes).")
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            load_optimizer(self.eval_model, self.optimizer, state["optimizer_dir"])  # type: ignore[arg-type]
         self.train_batches.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        saved_layout = state["layout"]
+        if saved_layout["world_size"] == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:
+            # The data and the weights continue exactly; dropout draws cannot (other ranks).
+            set_rng_state(state["rng"][0])
+            info(f"resuming {self.dist.describe()} from a checkpoint of {saved_layout['world_size']} process(es): the data order and optimizer continue exactly; dropout's random draws differ from the original run's")
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = checkpoint.meta["step"], checkpoint.meta["tokens_seen"]
@@ -223,7 +258,9 @@ class Trainer:
         if self.checkpoint_model is None or self.tokenizer is None:
             return None
         meta = {"tokens_seen": self.tokens_seen, "metrics": record, "run_config": self.run_config}
-        return save_checkpoint(self.out_dir, self.step, self.checkpoint_model, self.tokenizer, meta, self.state_dict(), keep=self.settings.keep_checkpoints)
+        return save_checkpoint(
+            self.out_dir, self.step, self.checkpoint_model, self.tokenizer, meta, self.state_dict(), keep=self.settings.keep_checkpoints, optimizer=self.optimizer, dist_info=self.dist
+        )
 
     # ---- the schedule ------------------------------------------------------------------------
 
@@ -243,7 +280,8 @@ class Trainer:
         remaining = self.settings.time_budget_s - self._elapsed()
         per_eval_step = self._eval_seconds / self.settings.eval_every if self.settings.eval_every else 0.0
         fits = self.step + int((remaining - self._eval_seconds) / (per_step + per_eval_step))
-        self.horizon = max(self.step + 1, min(self.settings.max_steps, fits))
+        # Ranks that disagreed on the number of steps would wait for each other forever.
+        self.horizon = int(self.dist.agree(max(self.step + 1, min(self.settings.max_steps, fits))))
 
     def fit(self, metrics: MetricsLog) -> dict[str, Any]:
         """Train to the end of the schedule (or the time budget); returns the final evaluation.
@@ -259,12 +297,18 @@ class Trainer:
         try:
             self._steps(metrics)
         except KeyboardInterrupt:
-            last = list_checkpoints(self.out_dir)
-            info(f"[yellow]interrupted at step {self.step}[/yellow]: " + (f"the last checkpoint is {last[-1]}; continue with --resume." if last else "no checkpoint was written yet (train.checkpoint_every sets how often)."))
+            info(f"[yellow]interrupted at step {self.step}[/yellow]: " + self._where_to_resume())
             raise
+        except torch.distributed.DistError as error:
+            # Another rank died or hung: the collective this one waited in failed.
+            raise UserError(f"Training stopped at step {self.step}: another process of the job failed or stopped answering ({str(error).splitlines()[0][:160]}); {self._where_to_resume()}") from None
         final = self._last_eval if self._last_eval is not None and self._last_eval["step"] == self.step else self._evaluate_and_log(metrics)
         self.save(final)
         return final
+
+    def _where_to_resume(self) -> str:
+        last = list_checkpoints(self.out_dir)
+        return f"the last checkpoint is {last[-1]}; continue with --resume." if last else "no checkpoint was written yet (train.checkpoint_every sets how often)."
 
     def _evaluate_and_log(self, metrics: MetricsLog) -> dict[str, Any]:
         started = time.perf_counter()
@@ -281,7 +325,7 @@ class Trainer:
         with progress_bar("training", total=self.horizon) as bar:
             bar(self.step)
             while self.step < self.horizon:
-                if tc.time_budget_s and self._elapsed() > tc.time_budget_s - self._eval_seconds:
+                if tc.time_budget_s and self.dist.agree(self._elapsed() > tc.time_budget_s - self._eval_seconds):
                     info(f"time budget of {tc.time_budget_s:.0f} s reached at step {self.step}")
                     break
                 lr = lr_at(self.step, self.horizon, self.optim)
@@ -303,7 +347,7 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == self.horizon:
                     tokens_per_s = window_tokens / max(self._train_s() - window_train_s, 1e-9)
                     window_train_s, window_tokens = self._train_s(), 0
-                    mfu = tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else 0.0
+                    mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.dist.world_size) if self.peak_flops else 0.0
                     record = {"step": self.step, "tokens": self.tokens_seen, "loss": figures["loss"], "lr": lr, "grad_norm": figures["grad_norm"], "tokens_per_s": tokens_per_s, "mfu": mfu, "elapsed_s": self._elapsed(), "train_s": self._train_s()}
                     metrics.log(record)
                     bar.update(description=f"step {self.step}/{self.horizon} loss {figures['loss']:.3f} lr {lr:.1e} {tokens_per_s:,.0f} tok/s MFU {mfu:.0%}")
