@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -388,20 +389,37 @@ def speedrun_command(
 def train_command(
     config: Annotated[str, typer.Argument(help="A TOML run config, or a preset name: tiny, shakespeare-cpu, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1.5b.")],
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set model.n_layer=4.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir from its newest readable checkpoint, exactly.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir from its newest readable checkpoint, exactly (at any number of processes).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run train.out_dir already holds (its checkpoints, metrics and samples are deleted).")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine (one per GPU; on CPU, the cores are shared out): runs torchrun for you. The [parallel] settings say how they split the work.", rich_help_panel="Processes")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job; run the same command on each, with the same --rdzv-endpoint.", rich_help_panel="Processes")] = 1,
+    rdzv_endpoint: Annotated[str, typer.Option("--rdzv-endpoint", help="HOST:PORT of the first machine, where the processes of a multi-machine job meet.", rich_help_panel="Processes")] = "",
+    rdzv_id: Annotated[str, typer.Option("--rdzv-id", help="A name for the job, the same on every machine.", rich_help_panel="Processes")] = "scratchlm",
 ) -> None:
-    """Pretrain a GPT on token shards.
+    """Pretrain a GPT on token shards, in one process or many.
 
     Examples:
 
       scratchlm train shakespeare-cpu --set data.shards=runs/speedrun/shards --set train.out_dir=runs/mine
 
       scratchlm train my_run.toml --resume    # continue a killed run exactly where it stopped
+
+      scratchlm train gpt2-124m --nproc 8 --set parallel.fsdp=8    # FSDP over 8 GPUs
+
+      torchrun --nproc-per-node 8 -m scratchlm train gpt2-124m --set parallel.tp=2    # the same, launched by hand
     """
     from scratchlm.train.run import pretrain
 
-    pretrain(load_config(RunConfig, resolve_config_file(config), overrides or []), resume=resume, overwrite=overwrite)
+    run_config = load_config(RunConfig, resolve_config_file(config), overrides or [])
+    if nproc < 1 or nnodes < 1:
+        raise UserError(f"--nproc and --nnodes must be at least 1 (got {nproc} and {nnodes}).")
+    if (nproc > 1 or nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        from scratchlm.train.launch import launch
+
+        child = ["train", config, *[f"--set={o}" for o in overrides or []], *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
+        launch(run_config, child, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id, resume=resume, overwrite=overwrite)
+        return
+    pretrain(run_config, resume=resume, overwrite=overwrite)
 
 
 @app.command("generate")
@@ -458,7 +476,10 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        # Under a launcher every process reports its own error; rank 0's goes out unmarked.
+        rank = int(os.environ.get("RANK", "0") or 0)
+        where = f" (rank {rank})" if rank else ""
+        console.print(f"[bold red]error{where}:[/bold red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

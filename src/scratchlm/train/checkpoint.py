@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -70,7 +71,15 @@ def full_weights(model: GPT, dist_info: Distributed | None) -> dict[str, torch.T
             get_model_state_dict,
         )
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # Gathering a 2-D (FSDP × TP) tensor takes two all-gathers, which torch logs as a warning
+        # on every rank at every checkpoint; it is the expected cost, not a problem.
+        redistribute_log = logging.getLogger("torch.distributed.tensor._redistribute")
+        level = redistribute_log.level
+        redistribute_log.setLevel(logging.ERROR)
+        try:
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        finally:
+            redistribute_log.setLevel(level)
         if not dist_info.is_main:
             return {}
     else:

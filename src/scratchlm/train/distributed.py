@@ -44,7 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchlm.console import set_quiet
 from scratchlm.errors import UserError
-from scratchlm.model.gpt import GPT
+from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.runtime import resolve_device
 from scratchlm.train.settings import ParallelConfig, TrainConfig
 
@@ -172,9 +172,8 @@ def shutdown_distributed() -> None:
 # ---- tensor parallelism ------------------------------------------------------------------------
 
 
-def check_tensor_parallel(model: GPT, tp: int) -> None:
+def check_tensor_parallel(config: GPTConfig, tp: int) -> None:
     """Each rank must own whole query and key/value heads and an equal slice of the MLP."""
-    config = model.config
     for what, size in (("model.n_head", config.n_head), ("model.n_kv_head", config.n_kv_head), ("the MLP width", config.mlp_hidden)):
         if size % tp:
             raise UserError(f"parallel.tp = {tp} does not divide {what} = {size}; each tensor-parallel rank needs an equal share of whole heads and MLP channels: choose a tp that divides n_head ({config.n_head}), n_kv_head ({config.n_kv_head}) and the MLP width ({config.mlp_hidden}).")
@@ -187,7 +186,7 @@ def apply_tensor_parallel(model: GPT, mesh: Any) -> None:
         parallelize_module,
     )
 
-    check_tensor_parallel(model, mesh.size())
+    check_tensor_parallel(model.config, mesh.size())
     plan: dict[str, Any] = {
         "attn.c_q": ColwiseParallel(),
         "attn.c_k": ColwiseParallel(),
@@ -200,6 +199,34 @@ def apply_tensor_parallel(model: GPT, mesh: Any) -> None:
         plan["mlp.c_gate"] = ColwiseParallel()
     for block in model.transformer.h:
         parallelize_module(block, mesh, plan)
+        if block.attn.q_norm is not None:
+            _replicate_over_local_heads(block.attn.q_norm, mesh)
+            _replicate_over_local_heads(block.attn.k_norm, mesh)
+
+
+def _replicate_over_local_heads(norm: nn.Module, mesh: Any) -> None:
+    """QK-norm's weight is shared by all heads, but each rank sees only its own heads, so each
+    rank's gradient is a partial sum. As a replicated DTensor applied to a head-sharded input,
+    the weight gets the summed gradient from DTensor's autograd (one all-reduce)."""
+    from torch.distributed.tensor import (
+        DTensor,
+        Replicate,
+        Shard,
+        distribute_module,
+        distribute_tensor,
+    )
+
+    def replicate(name: str, module: nn.Module, device_mesh: Any) -> None:
+        for key, parameter in list(module.named_parameters(recurse=False)):
+            module.register_parameter(key, nn.Parameter(distribute_tensor(parameter.data, device_mesh, [Replicate()])))
+
+    def heads_sharded(module: nn.Module, inputs: tuple[torch.Tensor, ...], device_mesh: Any) -> tuple[DTensor, ...]:
+        return tuple(DTensor.from_local(x, device_mesh, [Shard(1)], run_check=False) for x in inputs)  # (B, H/tp, T, hd) each
+
+    def local(module: nn.Module, output: DTensor, device_mesh: Any) -> torch.Tensor:
+        return output.to_local()
+
+    distribute_module(norm, mesh, replicate, heads_sharded, local)
 
 
 # ---- FSDP2 and DDP -----------------------------------------------------------------------------
@@ -298,7 +325,8 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float
     groups: dict[Any, list[torch.Tensor]] = {}
     for grad in grads:
         if isinstance(grad, DTensor):
-            split_dims = tuple(i for i, placement in enumerate(grad.placements) if placement.is_shard() or placement.is_partial())
+            # Anything not replicated is split (Shard, FSDP's _StridedShard over TP, Partial).
+            split_dims = tuple(i for i, placement in enumerate(grad.placements) if not placement.is_replicate())
             groups.setdefault((grad.device_mesh, split_dims), []).append(grad.to_local())
         else:
             groups.setdefault(None, []).append(grad)

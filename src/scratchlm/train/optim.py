@@ -63,7 +63,14 @@ def make_optimizer(model: nn.Module, config: OptimConfig, device_type: str) -> t
     no_decay = [p for p in parameters if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     options: dict = {}
-    if device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+    from torch.distributed.tensor import DTensor
+
+    sharded = {isinstance(p, DTensor) for p in parameters}
+    if len(sharded) > 1:
+        # Tensor parallelism shards the blocks' matrices (DTensors) and replicates the rest
+        # (plain tensors); the fused and foreach kernels cannot take both in one call.
+        options["foreach"] = False
+    elif device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         options["fused"] = True
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, **options)
 

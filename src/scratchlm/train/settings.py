@@ -71,6 +71,16 @@ class TrainConfig:
                 raise UserError(f"train.{name} is {getattr(self, name)}; it must be 0 or more.")
 
 
+def check_batch_tokens(batch_tokens: int, tokens_per_micro_batch: int) -> int:
+    """Micro-batches per step (gradient accumulation), or one sentence when they do not fit."""
+    if batch_tokens % tokens_per_micro_batch:
+        raise UserError(
+            f"train.batch_tokens {batch_tokens} is not a multiple of micro_batch_size × block_size × data-parallel processes = {tokens_per_micro_batch}; "
+            f"use {max(1, batch_tokens // tokens_per_micro_batch) * tokens_per_micro_batch}."
+        )
+    return batch_tokens // tokens_per_micro_batch
+
+
 BACKENDS = ("torch", "deepspeed")
 
 

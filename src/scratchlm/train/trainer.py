@@ -47,7 +47,7 @@ from scratchlm.train.checkpoint import load_optimizer, save_checkpoint, set_rng_
 from scratchlm.train.distributed import Distributed, clip_grad_norm
 from scratchlm.train.metrics import MetricsLog
 from scratchlm.train.optim import OptimConfig, lr_at
-from scratchlm.train.settings import TrainConfig
+from scratchlm.train.settings import TrainConfig, check_batch_tokens
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -127,14 +127,9 @@ class Trainer:
         dist_info: Distributed | None = None,
     ) -> None:
         """`peak_flops` is one device's peak; MFU divides by it times the number of processes."""
-        if settings.batch_tokens % tokens_per_micro_batch:
-            raise UserError(
-                f"train.batch_tokens {settings.batch_tokens} is not a multiple of micro_batch_size × block_size × data-parallel processes = {tokens_per_micro_batch}; "
-                f"use {max(1, settings.batch_tokens // tokens_per_micro_batch) * tokens_per_micro_batch}."
-            )
         self.model, self.optimizer, self.train_batches = model, optimizer, train_batches
         self.settings, self.optim = settings, optim
-        self.grad_accum = settings.batch_tokens // tokens_per_micro_batch
+        self.grad_accum = check_batch_tokens(settings.batch_tokens, tokens_per_micro_batch)
         self.device, self.dtype, self.autocast = device, dtype, autocast(device, dtype)
         self.loss_fn = loss_fn
         self.evaluators = dict(evaluators or {})
