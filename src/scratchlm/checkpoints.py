@@ -9,6 +9,7 @@
         state.pt           data-loader position, schedule, clocks, loss scaler, process layout
         optimizer/         optimizer states, a torch.distributed.checkpoint directory (resharded
                            on load, so a run resumes at another number of processes)
+        deepspeed/         instead of optimizer/ with the DeepSpeed backend: its engine checkpoint
         rng_rank{r}.pt     RNG states of rank r
 
 Writing them is the training package's job (`scratchlm.train.checkpoint`); this module is what
@@ -238,7 +239,11 @@ def load_train_state(checkpoint: Path) -> dict[str, Any]:
     state = _load_torch_file(checkpoint / SHARED_STATE, checkpoint)
     if not isinstance(state, dict) or not {"loader", "layout"} <= set(state):
         raise UserError(f"{checkpoint / SHARED_STATE} is not a scratchlm training state; the file is corrupt.")
-    _check_distributed_checkpoint(checkpoint / OPTIMIZER_STATE, checkpoint)
+    if state["layout"].get("backend", "torch") == "deepspeed":
+        if not (checkpoint / SHARED_STATE.parent / "deepspeed" / "latest").is_file():
+            raise UserError(f"{checkpoint / SHARED_STATE.parent / 'deepspeed'} is missing or incomplete, so {checkpoint} cannot be resumed; start a new run from its weights with train.init_from instead.")
+    else:
+        _check_distributed_checkpoint(checkpoint / OPTIMIZER_STATE, checkpoint)
     rng = {}
     for rank in range(state["layout"]["world_size"]):
         saved = _load_torch_file(checkpoint / rank_state_file(rank), checkpoint)

@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from safetensors.torch import save_file
 from scratchlm.checkpoints import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    OPTIMIZER_STATE,
     SHARED_STATE,
     checkpoint_name,
     list_checkpoints,
@@ -84,7 +83,10 @@ def full_weights(model: GPT, dist_info: Distributed | None) -> dict[str, torch.T
             return {}
     else:
         state = model.state_dict()
-    state = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
+    return _without_tied_head({name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}, model)
+
+
+def _without_tied_head(state: dict[str, torch.Tensor], model: GPT) -> dict[str, torch.Tensor]:
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
@@ -156,13 +158,16 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     keep: int = 2,
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    write_state: Callable[[Path], None] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
     dist_info: Distributed | None = None,
 ) -> Path:
     """Write a checkpoint atomically and delete all but the newest `keep`; every rank calls it.
 
-    `train_state` (what every rank shares: data position, schedule, clocks) and the optimizer's
-    states (when `optimizer` is given) make it resumable; each rank's RNG states are added.
+    `train_state` (what every rank shares: data position, schedule, clocks) and what
+    `write_state(train_state_dir)` writes on every rank (the optimizer's states) make it
+    resumable; each rank's RNG states are added. `weights` are the full weights when the caller
+    gathered them itself (DeepSpeed); by default they are gathered from `model`.
     """
     directory = Path(run_dir) / "checkpoints"
     final = directory / checkpoint_name(step)
@@ -172,12 +177,12 @@ def save_checkpoint(
         if temporary.exists():
             shutil.rmtree(temporary)
         (temporary / SHARED_STATE).parent.mkdir(parents=True)
-    weights = full_weights(model, dist_info)
+    weights = full_weights(model, dist_info) if weights is None else _without_tied_head(weights, model)
     if dist_info is not None:
         dist_info.barrier()  # the temporary directory exists for every rank
     if train_state is not None:
-        if optimizer is not None:
-            save_optimizer(model, optimizer, temporary / OPTIMIZER_STATE)
+        if write_state is not None:
+            write_state(temporary / SHARED_STATE.parent)
         torch.save({"rng": rng_state()}, temporary / rank_state_file(dist_info.rank if dist_info else 0))
     if dist_info is not None:
         dist_info.barrier()  # every rank's files are written

@@ -88,7 +88,8 @@ class Distributed:
 
     @property
     def layout(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "dp": self.dp, "fsdp": self.fsdp, "tp": self.tp, "backend": self.parallel.backend}
+        backend = self.parallel.backend if self.enabled else "torch"  # one process never starts DeepSpeed
+        return {"world_size": self.world_size, "dp": self.dp, "fsdp": self.fsdp, "tp": self.tp, "backend": backend}
 
     def describe(self) -> str:
         if not self.enabled:

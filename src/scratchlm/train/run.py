@@ -42,7 +42,7 @@ from scratchlm.train.distributed import (
 )
 from scratchlm.train.metrics import MetricsLog, peak_flops
 from scratchlm.train.optim import make_optimizer
-from scratchlm.train.settings import RunConfig
+from scratchlm.train.settings import RunConfig, check_batch_tokens
 from scratchlm.train.trainer import Sampler, Trainer
 
 RUN_FILES = ("metrics.jsonl", "samples.md", "checkpoints")
@@ -162,10 +162,12 @@ def build_run(config: RunConfig, dist_info: Distributed | None = None, resume_fr
         load_weights(model, init)
         info(f"initialized from {init.path} (step {init.meta['step']})")
     model = model.to(device)
+    # Counted before sharding: a ZeRO-3 or FSDP rank holds only its share.
+    num_params, flops_per_token = model.num_params(), model.flops_per_token(model_config.block_size)
     if config.parallel.backend == "deepspeed" and dist_info.enabled:
         from scratchlm.train.deepspeed_backend import make_engine
 
-        train_model, optimizer = make_engine(model, config, dist_info, dtype)
+        train_model, optimizer = make_engine(model, config, dist_info, dtype, check_batch_tokens(tc.batch_tokens, tokens_per_micro))
     else:
         train_model = parallelize(model, tc, dist_info, dtype)
         optimizer = make_optimizer(train_model, config.optim, device.type)
@@ -184,7 +186,8 @@ def build_run(config: RunConfig, dist_info: Distributed | None = None, resume_fr
         checkpoint_model=model,
         tokenizer=tokenizer,
         run_config=to_dict(config),
-        flops_per_token=model.flops_per_token(model_config.block_size),
+        flops_per_token=flops_per_token,
+        num_params=num_params,
         peak_flops=tc.peak_flops or peak_flops(device, dtype),
         dist_info=dist_info,
     )
@@ -212,7 +215,6 @@ def pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -
         check_run_dir(out_dir, resume, overwrite)
         checkpoint = find_checkpoint(out_dir, need_train_state=True) if resume else None
         trainer, config = build_run(config, dist_info, resume_from=checkpoint)
-        model: GPT = trainer.checkpoint_model  # type: ignore[assignment]
         if checkpoint is not None:
             trainer.resume(checkpoint)
         elif overwrite and existing_run(out_dir) and dist_info.is_main:
@@ -223,7 +225,7 @@ def pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -
         dist_info.barrier()
         metrics = MetricsLog(out_dir / "metrics.jsonl" if dist_info.is_main else None, resume_step=trainer.step if checkpoint is not None else None)
         info(
-            f"model: {model.num_params() / 1e6:.2f} M parameters, {trainer.flops_per_token / 1e6:.1f} MFLOP/token; "
+            f"model: {trainer.num_params / 1e6:.2f} M parameters, {trainer.flops_per_token / 1e6:.1f} MFLOP/token; "
             f"{trainer.grad_accum} × {config.train.micro_batch_size} × {config.model.block_size} × {dist_info.data_size} tokens per step; "
             f"{trainer.dtype} on {trainer.device}, {dist_info.describe()}"
         )
@@ -239,7 +241,7 @@ def pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -
         info(f"step {trainer.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}, {val['bpb']:.4f} bits per byte")
     return {
         **final,
-        "num_params": model.num_params(),
+        "num_params": trainer.num_params,
         "flops_per_token": trainer.flops_per_token,
         "peak_flops": trainer.peak_flops,
         "wall_s": final["elapsed_s"],

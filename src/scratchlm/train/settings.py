@@ -105,6 +105,8 @@ class ParallelConfig:
     """FSDP2 with a bf16/fp16 train.dtype: gather parameters in that dtype (half the traffic) and reduce gradients in fp32."""
     cpu_offload: bool = False
     """FSDP2: keep parameter shards, gradients and optimizer states in host memory and run the optimizer step there (fits larger models on fewer GPUs, slower)."""
+    deepspeed_config: str = ""
+    """A DeepSpeed JSON config file merged over the one scratchlm derives from these settings (for DeepSpeed options it does not set: offloading, bucket sizes, ZeRO-3 persistence thresholds)."""
     timeout_s: float = 600.0
     """How long a collective may wait for the other processes before the job stops with an error (a dead or stuck rank)."""
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
-from scratchlm.checkpoints import CheckpointInfo, list_checkpoints
+from scratchlm.checkpoints import OPTIMIZER_STATE, CheckpointInfo, list_checkpoints
 from scratchlm.console import info, progress_bar
 from scratchlm.errors import UserError
 from scratchlm.generate.engine import generate
@@ -43,7 +43,13 @@ from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.runtime import autocast
 from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.train.checkpoint import load_optimizer, save_checkpoint, set_rng_state
+from scratchlm.train import deepspeed_backend
+from scratchlm.train.checkpoint import (
+    load_optimizer,
+    save_checkpoint,
+    save_optimizer,
+    set_rng_state,
+)
 from scratchlm.train.distributed import Distributed, clip_grad_norm
 from scratchlm.train.metrics import MetricsLog
 from scratchlm.train.optim import OptimConfig, lr_at
@@ -123,6 +129,7 @@ class Trainer:
         tokenizer: Tokenizer | None = None,
         run_config: dict[str, Any] | None = None,
         flops_per_token: float = 0.0,
+        num_params: int = 0,
         peak_flops: float = 0.0,
         dist_info: Distributed | None = None,
     ) -> None:
@@ -136,7 +143,9 @@ class Trainer:
         self.sampler = sampler
         self.checkpoint_model, self.tokenizer, self.run_config = checkpoint_model, tokenizer, run_config or {}
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.num_params = num_params
         self.dist = dist_info if dist_info is not None else Distributed(device=device)
+        self.deepspeed = model if deepspeed_backend.is_engine(model) else None
         self.out_dir = Path(settings.out_dir)
         # fp16 needs its loss scaled so small gradients do not flush to zero; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -154,6 +163,8 @@ class Trainer:
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.deepspeed is not None:
+            return self._deepspeed_step()
         no_sync = getattr(self.model, "no_sync", None)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
@@ -165,14 +176,7 @@ class Trainer:
                     loss = self.loss_fn(self.model, batch)
                 self.scaler.scale(loss / self.grad_accum).backward()
             loss_sum += loss.detach()
-        loss_value = float(self.dist.mean(loss_sum)) / self.grad_accum
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            last = list_checkpoints(self.out_dir)
-            raise UserError(
-                f"The loss became {loss_value} at step {self.step}; lower optim.lr or use train.dtype = \"float32\". "
-                + (f"The last good checkpoint is {last[-1]} (continue with --resume)." if last else "No checkpoint was written yet.")
-            )
+        loss_value = self._checked_loss(loss_sum)
         self.scaler.unscale_(self.optimizer)
         clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
         if self.dist.enabled:
@@ -183,6 +187,37 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_value, "grad_norm": grad_norm}
+
+    def _checked_loss(self, loss_sum: torch.Tensor) -> float:
+        """The step's loss, the mean over micro-batches and ranks; a non-finite one stops every
+        rank before the update."""
+        loss_value = float(self.dist.mean(loss_sum)) / self.grad_accum
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = list_checkpoints(self.out_dir)
+            raise UserError(
+                f"The loss became {loss_value} at step {self.step}; lower optim.lr or use train.dtype = \"float32\". "
+                + (f"The last good checkpoint is {last[-1]} (continue with --resume)." if last else "No checkpoint was written yet.")
+            )
+        return loss_value
+
+    def _deepspeed_step(self) -> dict[str, float]:
+        """The same step through a DeepSpeed engine: its `backward` scales by the accumulation
+        steps, its `step` updates (with clipping) only after the last micro-batch, which waits
+        here until the loss is known to be finite."""
+        engine = self.deepspeed
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            batch = self.train_batches.next_batch()
+            with self.autocast:
+                loss = self.loss_fn(engine, batch)
+            engine.backward(loss)
+            loss_sum += loss.detach()
+            if micro < self.grad_accum - 1:
+                engine.step()
+        loss_value = self._checked_loss(loss_sum)
+        engine.step()
+        return {"loss": loss_value, "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
 
     # ---- evaluation --------------------------------------------------------------------------
 
@@ -219,14 +254,23 @@ class Trainer:
         state = checkpoint.train_state
         if state is None:
             raise ValueError("resume needs a checkpoint found with need_train_state=True")
-        if "optimizer" in state:
+        saved_layout = state["layout"]
+        if saved_layout.get("backend", "torch") != self.dist.parallel.backend:
+            raise UserError(f"{checkpoint.path} was trained with parallel.backend = {saved_layout.get('backend', 'torch')!r}; resume with that backend, or start a new run from its weights with train.init_from.")
+        if saved_layout.get("backend") == "deepspeed":
+            if self.deepspeed is None or saved_layout["world_size"] != self.dist.world_size:
+                raise UserError(
+                    f"{checkpoint.path} holds DeepSpeed's ZeRO shards for {saved_layout['world_size']} processes; resume it with --nproc {saved_layout['world_size']}, "
+                    "or start a new run from its weights with train.init_from."
+                )
+            deepspeed_backend.load_engine(self.deepspeed, checkpoint.path / OPTIMIZER_STATE.parent)
+        elif "optimizer" in state:
             if self.dist.enabled:
                 raise UserError(f"{checkpoint.path} was written by an older scratchlm with its optimizer state in one file; resume it in one process first (its next checkpoint resumes at any number of processes).")
             self.optimizer.load_state_dict(state["optimizer"])
         else:
             load_optimizer(self.eval_model, self.optimizer, state["optimizer_dir"])  # type: ignore[arg-type]
         self.train_batches.load_state_dict(state["loader"])
-        saved_layout = state["layout"]
         if saved_layout["world_size"] == self.dist.world_size:
             set_rng_state(state["rng"][self.dist.rank])
         else:
@@ -253,8 +297,21 @@ class Trainer:
         if self.checkpoint_model is None or self.tokenizer is None:
             return None
         meta = {"tokens_seen": self.tokens_seen, "metrics": record, "run_config": self.run_config}
+        if self.deepspeed is not None:
+            engine = self.deepspeed
+            weights = deepspeed_backend.full_weights(engine, self.dist)
+
+            def write_state(directory: Path) -> None:
+                deepspeed_backend.save_engine(engine, directory)
+
+        else:
+            model, optimizer, weights = self.checkpoint_model, self.optimizer, None
+
+            def write_state(directory: Path) -> None:
+                save_optimizer(model, optimizer, directory / OPTIMIZER_STATE.name)
+
         return save_checkpoint(
-            self.out_dir, self.step, self.checkpoint_model, self.tokenizer, meta, self.state_dict(), keep=self.settings.keep_checkpoints, optimizer=self.optimizer, dist_info=self.dist
+            self.out_dir, self.step, self.checkpoint_model, self.tokenizer, meta, self.state_dict(), keep=self.settings.keep_checkpoints, write_state=write_state, weights=weights, dist_info=self.dist
         )
 
     # ---- the schedule ------------------------------------------------------------------------
