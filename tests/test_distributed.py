@@ -126,6 +126,20 @@ def test_every_layout_trains_on_the_losses_of_one_process(shards: Path, referenc
 
 
 @pytest.mark.parametrize("layout", ["parallel.fsdp=2", "parallel.tp=2"])
+def test_activation_checkpointing_and_bf16_compose_with_sharding(shards: Path, tmp_path: Path, layout: str) -> None:
+    """bf16 autocast with per-block recomputation; FSDP also gathers its parameters in bf16
+    (parallel.mixed_precision), so its losses match one process to bf16 precision, not fp32's."""
+    mixed = ["train.dtype=bfloat16", "train.activation_checkpointing=true"]
+    reference = tmp_path / "reference"
+    pretrain(load_config(RunConfig, resolve_config_file("tiny"), settings(shards, reference, "modern", *mixed)))
+    out = tmp_path / "run"
+    result = launch(2, settings(shards, out, "modern", *mixed, layout))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for mine, theirs in zip(steps(out), steps(reference), strict=True):
+        assert abs(mine["loss"] - theirs["loss"]) < 2e-3, (mine, theirs)
+
+
+@pytest.mark.parametrize("layout", ["parallel.fsdp=2", "parallel.tp=2"])
 def test_a_sharded_checkpoint_resumes_in_one_process_with_the_same_next_losses(shards: Path, reference: dict[str, Path], tmp_path: Path, layout: str) -> None:
     out = tmp_path / "run"
     overrides = settings(shards, out, "gpt2", "train.checkpoint_every=3")

@@ -384,3 +384,10 @@ def test_compile_on_cpu_without_a_compiler_is_one_sentence(monkeypatch: pytest.M
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
     with pytest.raises(UserError, match="C\\+\\+ compiler"):
         parallelize(model, TrainConfig(compile=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_fp8_without_fp8_tensor_cores_is_one_sentence() -> None:
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match="train.fp8 needs a GPU with FP8 tensor cores .* this run is on a CPU; set train.fp8 = false"):
+        parallelize(model, TrainConfig(fp8=True))

@@ -91,6 +91,8 @@ def make_engine(model: GPT, config: RunConfig, dist_info: Distributed, dtype: to
     """(the engine, its wrapped optimizer) around `model` and our AdamW."""
     if dtype == torch.float16:
         raise UserError("parallel.backend = \"deepspeed\" runs float32 or bfloat16 here; set train.dtype = \"bfloat16\" (or \"float32\").")
+    if config.train.fp8:
+        raise UserError("train.fp8 is not supported with parallel.backend = \"deepspeed\" here; use the torch backend or set train.fp8 = false.")
     if config.train.compile:
         raise UserError("train.compile is not supported with parallel.backend = \"deepspeed\" here; set train.compile = false (or use the torch backend).")
     deepspeed = _import_deepspeed(dist_info.device)

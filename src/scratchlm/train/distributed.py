@@ -230,6 +230,30 @@ def _replicate_over_local_heads(norm: nn.Module, mesh: Any) -> None:
     distribute_module(norm, mesh, replicate, heads_sharded, local)
 
 
+# ---- float8 -------------------------------------------------------------------------------------
+
+
+def apply_float8(model: GPT, tp: int) -> None:
+    """Swap the blocks' linear layers for torchao's Float8Linear (same parameters and names, so
+    checkpoints do not change); the embedding and the head stay in bf16."""
+    device = next(model.parameters()).device
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
+        raise UserError(f"train.fp8 needs a GPU with FP8 tensor cores (compute capability 8.9 or newer: H100, H200, L40S, RTX 4090) and this run is on {where}; set train.fp8 = false.")
+    if tp > 1:
+        raise UserError("train.fp8 is not combined with tensor parallelism here; use FSDP (parallel.fsdp) or set train.fp8 = false.")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise UserError("train.fp8 needs torchao: pip install torchao.") from None
+
+    def eligible(module: nn.Module, name: str) -> bool:
+        # FP8 GEMMs need both dimensions divisible by 16.
+        return name.startswith("transformer.h.") and isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    convert_to_float8_training(model, module_filter_fn=eligible)
+
+
 # ---- FSDP2 and DDP -----------------------------------------------------------------------------
 
 
@@ -293,6 +317,8 @@ def parallelize(model: GPT, config: TrainConfig, dist_info: Distributed | None =
     if config.compile and next(model.parameters()).device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
         raise UserError("train.compile on a CPU needs a C++ compiler (torch.compile generates C++ there); install g++ or set train.compile = false.")
     layout = dist_info if dist_info is not None and dist_info.enabled and dist_info.parallel.backend == "torch" else None
+    if config.fp8:
+        apply_float8(model, layout.tp if layout is not None else 1)
     if layout is not None and layout.tp > 1:
         if layout.dp > 1 and layout.fsdp == 1:
             raise UserError("With parallel.tp > 1 the data-parallel copies are sharded with FSDP: set parallel.fsdp (and leave parallel.dp at 0 or 1) instead of parallel.dp.")

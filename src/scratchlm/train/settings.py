@@ -53,6 +53,8 @@ class TrainConfig:
     """Compute precision: auto (bf16 autocast on CUDA with bf16 support, and on CPUs where bf16 matmuls measure faster than fp32; else fp32), bfloat16, float16 (CUDA only, with a loss scaler) or float32 (TF32 matmuls on CUDA)."""
     compile: bool = False
     """torch.compile each transformer block (worth it on GPUs; on CPU it costs ~30 s of compilation and helps little)."""
+    fp8: bool = False
+    """Float8 matmuls (torchao's tensorwise-scaled Float8Linear) in the transformer blocks' linear layers, on GPUs with FP8 tensor cores (compute capability 8.9+: H100, H200, L40S, RTX 4090); refused elsewhere. Use it with train.compile, which fuses the scaling."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass instead of storing its activations (less memory, ~30% more compute)."""
     seed: int = 1337
