@@ -84,6 +84,7 @@ def _version(value: bool) -> None:
 def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines (errors still print).")] = False,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher; the LOCAL_RANK variable it also sets is what is used.")] = None,
 ) -> None:
     set_quiet(quiet)
 
