@@ -203,3 +203,38 @@ def test_a_layout_that_cannot_work_is_refused_before_any_process_starts(shards: 
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and message in result.stderr and result.stderr.count("error") == 1, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+POISON_RANK_1 = """
+import os, sys
+from scratchlm.cli import main
+from scratchlm.model.gpt import GPT
+
+forward = GPT.forward
+calls = {"n": 0}
+
+def poisoned(self, idx, targets=None, cache=None, **kwargs):
+    logits, loss = forward(self, idx, targets, cache, **kwargs)
+    if targets is not None and self.training and os.environ["RANK"] == "1":
+        calls["n"] += 1
+        if calls["n"] > 3:  # one micro-batch per step on each rank: steps 1-3 are healthy
+            loss = loss * float("nan")
+    return logits, loss
+
+GPT.forward = poisoned
+sys.argv = ["scratchlm", "-q", "train", "tiny", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(shards: Path, tmp_path: Path) -> None:
+    script = tmp_path / "poison.py"
+    script.write_text(POISON_RANK_1)
+    overrides = settings(shards, tmp_path / "run", "gpt2", "parallel.dp=2", "train.checkpoint_every=2")
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *(f"--set={o}" for o in overrides)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    # The mean loss is NaN on both ranks, so both stop before the update of step 4, with the same sentence.
+    for prefix in ("error:", "error (rank 1):"):
+        assert f"{prefix} The loss became nan at step 3" in result.stderr, result.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002"]

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 from scratchlm.checkpoints import list_checkpoints
-from scratchlm.console import is_quiet
+from scratchlm.console import info, is_quiet
 from scratchlm.errors import UserError
 from scratchlm.train.distributed import check_tensor_parallel
 from scratchlm.train.run import check_run_dir
@@ -32,6 +32,7 @@ def _how(exitcode: int) -> str:
 
 def launch(config: RunConfig, child_args: list[str], *, nproc: int, nnodes: int, rdzv_endpoint: str, rdzv_id: str, resume: bool, overwrite: bool) -> None:
     """Run `scratchlm CHILD_ARGS` in `nproc` processes on this machine (× `nnodes` machines)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -54,12 +55,21 @@ def launch(config: RunConfig, child_args: list[str], *, nproc: int, nnodes: int,
     args = parse_args(["--nproc-per-node", str(nproc), "--nnodes", str(nnodes), *where, "--max-restarts", "0", "-m", "scratchlm", *module_args])
     try:
         run(args)
+    except SignalException as error:
+        # Ctrl-C (or a scheduler's SIGTERM): the launcher has passed it on to every process.
+        if error.sigval == signal.SIGINT:
+            info(f"[yellow]interrupted[/yellow]: {_resume_hint(out_dir)}")
+            raise KeyboardInterrupt from None
+        raise UserError(f"The job was stopped by {error.sigval.name}; {_resume_hint(out_dir)}") from None
     except ChildFailedError as error:
         failures = sorted(error.failures.items(), key=lambda item: item[1].timestamp)
         if any(failure.exitcode == 2 for _, failure in failures):
             # That process printed its own one-sentence error; the others were stopped after it.
             raise SystemExit(2) from None
         first_rank, first = failures[0]
-        last = list_checkpoints(out_dir)
-        resume_hint = f"the last checkpoint is {last[-1]}; continue with --resume." if last else "no checkpoint was written (train.checkpoint_every sets how often)."
-        raise UserError(f"Training stopped: process {first_rank} of {world_size} {_how(first.exitcode)}, and the job was ended; {resume_hint}") from None
+        raise UserError(f"Training stopped: process {first_rank} of {world_size} {_how(first.exitcode)}, and the job was ended; {_resume_hint(out_dir)}") from None
+
+
+def _resume_hint(out_dir: Path) -> str:
+    last = list_checkpoints(out_dir)
+    return f"the last checkpoint is {last[-1]}; continue with --resume." if last else "no checkpoint was written (train.checkpoint_every sets how often)."
