@@ -472,6 +472,34 @@ def generate_command(
             sys.stdout.write(f"--- sample {i + 1}\n{prompt}{tokenizer.decode(ids)}\n")
 
 
+# ---- planning -------------------------------------------------------------------------------
+
+
+@app.command("plan", epilog=settings_help(RunConfig))
+def plan_command(
+    config: Annotated[str, typer.Argument(help="A TOML run config, or a preset name: tiny, shakespeare-cpu, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1.5b.")],
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs to plan for (default: what the config's parallel settings name, dp × fsdp × tp when parallel.dp is set, else fsdp × tp).")] = None,
+    gpu: Annotated[str, typer.Option(help="The GPU: a100-40gb, a100-80gb, h100 or h200 (memory, and bf16/TF32 peaks for the time).")] = "h100",
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilization assumed for the step time, in (0, 1].")] = 0.4,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set parallel.fsdp=8.")] = None,
+) -> None:
+    """Plan a training run before running it: parameters, FLOPs, memory per GPU, the GPUs it needs, step time and the compute-optimal length.
+
+    Memory is counted tensor by tensor for the layout of the config's parallel settings (DDP, FSDP, tensor parallel, DeepSpeed ZeRO), its precision and activation checkpointing. Without --gpus the size that layout names is planned; the table also says how many GPUs the run needs with FSDP sharding.
+
+    Examples:
+
+      scratchlm plan gpt2-124m --gpus 8 --gpu h100
+
+      scratchlm plan gpt2-1.5b --gpu a100-40gb --set parallel.fsdp=8 --set train.activation_checkpointing=true
+    """
+    from scratchlm.plan import default_gpus, plan, render
+
+    settings = load_config(RunConfig, resolve_config_file(config), overrides or [])
+    result = plan(settings, gpus if gpus is not None else default_gpus(settings.parallel), gpu, mfu)
+    console.print(render(result, settings, config))
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 2; bugs keep their traceback."""
     try:
