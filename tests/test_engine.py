@@ -233,6 +233,26 @@ def test_checkpoint_files_share_one_mode_and_a_failed_resave_keeps_the_old_copy(
     assert load_model(run)[2] == meta  # the step-4 checkpoint is still there, unchanged
 
 
+def test_ctrl_c_during_a_save_takes_effect_once_the_checkpoint_is_whole(two_checkpoints: Path, tmp_path: Path) -> None:
+    import signal
+
+    import scratchlm.train.checkpoint as writer
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    model, tokenizer, _ = load_model(run)
+
+    def interrupted_midway(directory: Path) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        (directory / "marker").write_text("written after the interrupt")
+
+    with pytest.raises(KeyboardInterrupt):
+        writer.save_checkpoint(run, 6, model, tokenizer, {"tokens_seen": 0}, {"loader": {}, "layout": {"world_size": 1}}, keep=5, write_state=interrupted_midway)
+    saved = run / "checkpoints" / "step_0000006"
+    assert (saved / "train_state" / "marker").exists() and (saved / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ---- settings refused before step 1 ------------------------------------------------------------
 
 

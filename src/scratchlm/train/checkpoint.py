@@ -22,6 +22,8 @@ import logging
 import os
 import random
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,6 +151,24 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C while a checkpoint is written takes effect once it is written: the checkpoint is
+    whole, and every rank finishes its part of it (torch.distributed.checkpoint would otherwise
+    turn the interrupt into an error of its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -169,6 +189,22 @@ def save_checkpoint(
     resumable; each rank's RNG states are added. `weights` are the full weights when the caller
     gathered them itself (DeepSpeed); by default they are gathered from `model`.
     """
+    with _interrupts_deferred():
+        return _save_checkpoint(run_dir, step, model, tokenizer, meta, train_state, keep, write_state, weights, dist_info)
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: GPT,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    train_state: dict[str, Any] | None,
+    keep: int,
+    write_state: Callable[[Path], None] | None,
+    weights: dict[str, torch.Tensor] | None,
+    dist_info: Distributed | None,
+) -> Path:
     directory = Path(run_dir) / "checkpoints"
     final = directory / checkpoint_name(step)
     temporary = directory / f".tmp-{checkpoint_name(step)}"
