@@ -196,6 +196,8 @@ def test_a_killed_process_ends_the_job_with_one_sentence_and_the_run_resumes(sha
         (["parallel.tp=2", "model.n_head=3", "model.n_embd=48"], 2, "parallel.tp = 2 does not divide model.n_head = 3"),
         (["parallel.fsdp=2", "train.batch_tokens=128"], 2, "train.batch_tokens 128 is not a multiple of micro_batch_size × block_size × data-parallel processes = 256"),
         (["parallel.backend=deepspeed", "parallel.tp=2"], 2, "leave parallel.dp, fsdp and tp at their defaults"),
+        (["data.shards=/nonexistent/shards"], 2, "/nonexistent/shards has no manifest.json"),
+        (["parallel.fsdp=2", "parallel.cpu_offload=true", "train.device=cpu"], 2, "parallel.cpu_offload moves sharded state from the GPU"),
     ],
 )
 def test_a_layout_that_cannot_work_is_refused_before_any_process_starts(shards: Path, tmp_path: Path, overrides: list[str], nproc: int, message: str) -> None:

@@ -19,6 +19,7 @@ resumes at the same number of processes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -37,14 +38,18 @@ from scratchlm.train.settings import RunConfig
 TAG = "engine"
 
 
+def require_deepspeed() -> None:
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("parallel.backend = \"deepspeed\" needs DeepSpeed: pip install 'scratchlm[deepspeed]' (or pip install deepspeed).")
+
+
 def _import_deepspeed(device: torch.device) -> Any:
     if device.type == "cpu":
         # Without it DeepSpeed guesses the accelerator, and says so on every rank.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    try:
-        import deepspeed
-    except ImportError:
-        raise UserError("parallel.backend = \"deepspeed\" needs DeepSpeed: pip install 'scratchlm[deepspeed]' (or pip install deepspeed).") from None
+    require_deepspeed()
+    import deepspeed
+
     # DeepSpeed's collectives call torch's deprecated names; the warnings say nothing to a user.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"deepspeed\..*")
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*")

@@ -139,8 +139,7 @@ def setup_distributed(parallel: ParallelConfig, device_setting: str = "auto") ->
     device = resolve_device(device_setting)
     if world_size == 1:
         return Distributed(device=device, parallel=parallel)
-    if parallel.cpu_offload and device.type != "cuda":
-        raise UserError("parallel.cpu_offload moves sharded state from the GPU to host memory; on a CPU it is already there: set parallel.cpu_offload = false.")
+    check_offload(parallel, device)
     missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise UserError(f"WORLD_SIZE is {world_size} but {', '.join(missing)} is not set; launch with torchrun (or `scratchlm train --nproc N`), which sets them.")
@@ -160,6 +159,11 @@ def setup_distributed(parallel: ParallelConfig, device_setting: str = "auto") ->
     mesh = init_device_mesh(device.type, (dp, fsdp, tp), mesh_dim_names=("dp", "fsdp", "tp"))
     data_group = mesh["dp", "fsdp"]._flatten("data").get_group() if dp * fsdp > 1 else None
     return Distributed(device=device, parallel=parallel, rank=rank, world_size=world_size, local_rank=local_rank, dp=dp, fsdp=fsdp, tp=tp, mesh=mesh, data_group=data_group)
+
+
+def check_offload(parallel: ParallelConfig, device: torch.device) -> None:
+    if parallel.cpu_offload and device.type != "cuda":
+        raise UserError("parallel.cpu_offload moves sharded state from the GPU to host memory; on a CPU it is already there: set parallel.cpu_offload = false.")
 
 
 def shutdown_distributed() -> None:

@@ -15,8 +15,11 @@ from pathlib import Path
 
 from scratchlm.checkpoints import list_checkpoints
 from scratchlm.console import info, is_quiet
+from scratchlm.data.shards import read_manifest
 from scratchlm.errors import UserError
-from scratchlm.train.distributed import check_tensor_parallel
+from scratchlm.runtime import resolve_device
+from scratchlm.train.deepspeed_backend import require_deepspeed
+from scratchlm.train.distributed import check_offload, check_tensor_parallel
 from scratchlm.train.run import check_run_dir
 from scratchlm.train.settings import RunConfig, check_batch_tokens
 
@@ -47,6 +50,11 @@ def launch(config: RunConfig, child_args: list[str], *, nproc: int, nnodes: int,
     out_dir = Path(config.train.out_dir)
     if nnodes == 1:
         check_run_dir(out_dir, resume, overwrite)
+    if config.data.shards:
+        read_manifest(config.data.shards)
+    check_offload(config.parallel, resolve_device(config.train.device))
+    if config.parallel.backend == "deepspeed":
+        require_deepspeed()
     if "OMP_NUM_THREADS" not in os.environ:
         # torchrun would set 1; on a CPU the cores are better shared out between the processes.
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
