@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -526,3 +527,35 @@ def test_version_1_checkpoints_with_fused_tensors_still_load(tmp_path: Path, tok
     idx = torch.randint(0, tokenizer.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"temperature": float("nan")}, "temperature (--temperature) is nan; it must be 0 (greedy) or more"),
+        ({"temperature": -1.0}, "temperature (--temperature) is -1.0"),
+        ({"top_k": -3}, "top_k (--top-k) is -3"),
+        ({"top_p": 0.0}, "top_p (--top-p) is 0.0; it must be within (0, 1]"),
+        ({"top_p": float("nan")}, "top_p (--top-p) is nan"),
+        ({"min_p": 1.0}, "min_p (--min-p) is 1.0; it must be within [0, 1)"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty (--repetition-penalty) is inf"),
+    ],
+)
+def test_each_bad_sampling_setting_is_named_with_its_value(settings: dict, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        SamplingConfig(**settings)
+
+
+def test_bad_generation_sizes_are_named() -> None:
+    model = make_model()
+    with pytest.raises(UserError, match=re.escape("max_new_tokens (--max-new-tokens) is -5; it must be at least 1")):
+        generate(model, [1, 2], -5)
+    with pytest.raises(UserError, match=re.escape("num_samples (--num-samples) is 0; it must be at least 1")):
+        generate(model, [1, 2], 5, num_samples=0)
+
+
+def test_min_p_keeps_only_tokens_near_the_most_likely() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    generator = torch.Generator().manual_seed(0)
+    drawn = {int(sample_next(logits, SamplingConfig(temperature=1.0, min_p=0.5), generator)) for _ in range(200)}
+    assert drawn == {0, 1}  # 0.15 and 0.05 are under half of 0.5

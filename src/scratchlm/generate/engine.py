@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from scratchlm.console import info
 from scratchlm.errors import UserError
 from scratchlm.generate.sampling import SamplingConfig, sample_next
 from scratchlm.model.gpt import GPT
@@ -33,6 +34,8 @@ def generate_tokens(
     padding rows of an embedding rounded up for speed, which no tokenizer can decode.
     """
     sampling = sampling or SamplingConfig()
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens (--max-new-tokens) is {max_new_tokens}; it must be at least 1.")
     if not prompts or any(len(p) != len(prompts[0]) for p in prompts):
         raise UserError("Generate takes one or more prompts of the same token length.")
     if len(prompts[0]) == 0:
@@ -41,7 +44,9 @@ def generate_tokens(
     context = model.config.block_size
     if len(prompts[0]) >= context:
         raise UserError(f"The prompt is {len(prompts[0])} tokens, but the model's context is {context}; shorten the prompt.")
-    max_new_tokens = min(max_new_tokens, context - len(prompts[0]))
+    if len(prompts[0]) + max_new_tokens > context:
+        info(f"[yellow]note:[/yellow] the context ({context} tokens) leaves room for {context - len(prompts[0])} new tokens after the {len(prompts[0])}-token prompt, not {max_new_tokens}")
+        max_new_tokens = context - len(prompts[0])
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     ids = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
@@ -86,6 +91,8 @@ def generate(
 
     `on_token(sample_index, token_id)` streams tokens as they come (stopped samples are quiet).
     """
+    if num_samples < 1:
+        raise UserError(f"num_samples (--num-samples) is {num_samples}; it must be at least 1.")
     outputs: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
     for step_tokens in generate_tokens(model, [list(prompt)] * num_samples, max_new_tokens, sampling, seed, stop_ids, vocab_size=vocab_size):
