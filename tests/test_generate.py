@@ -323,8 +323,10 @@ def test_bad_prompts_are_user_errors() -> None:
     model = make_model()
     with pytest.raises(UserError):
         generate(model, [], 5)
-    with pytest.raises(UserError):
-        list(generate_tokens(model, [[1, 2], [1, 2, 3]], 5))
+    with pytest.raises(UserError, match="without the KV cache takes prompts of one token length"):
+        list(generate_tokens(model, [[1, 2], [1, 2, 3]], 5, use_cache=False))
+    with pytest.raises(UserError, match="empty"):
+        list(generate_tokens(model, [[1, 2], []], 5))
     with pytest.raises(UserError):
         list(generate_tokens(model, [], 5))
 
@@ -559,3 +561,15 @@ def test_min_p_keeps_only_tokens_near_the_most_likely() -> None:
     generator = torch.Generator().manual_seed(0)
     drawn = {int(sample_next(logits, SamplingConfig(temperature=1.0, min_p=0.5), generator)) for _ in range(200)}
     assert drawn == {0, 1}  # 0.15 and 0.05 are under half of 0.5
+
+
+@pytest.mark.parametrize("architecture", [{}, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1}])
+def test_batched_greedy_over_mixed_prompt_lengths_equals_one_prompt_at_a_time(architecture: dict) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, **architecture)).eval()
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7], [9, 9, 3], [2, 40, 17, 8, 1]]
+    alone = [hand_greedy(model, [prompt], 12)[0] for prompt in prompts]
+    assert collect(model, prompts, 12, GREEDY) == alone
+    # With a repetition penalty the padding (each row's own first token) changes nothing either.
+    penalized = SamplingConfig(temperature=0, repetition_penalty=1.3)
+    assert collect(model, prompts, 8, penalized) == [collect(model, [prompt], 8, penalized)[0] for prompt in prompts]

@@ -26,8 +26,10 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), step by step.
 
-    Prompts in one batch must have the same length (several samples of one prompt, typically).
-    A sequence that produced a stop id keeps producing it, so the caller can cut there; the
+    Prompts may have different lengths: they are padded on the left (with their own first
+    token) and the cache keeps each row's padding, so every row attends to and is positioned
+    by its own tokens only, and gets what it would get alone (`use_cache=False` requires one
+    length). A sequence that produced a stop id keeps producing it, so the caller can cut there; the
     loop ends when every sequence has stopped, after `max_new_tokens`, or at the context limit.
     `use_cache=False` recomputes the whole sequence at every step: slow, and the reference the
     cached path is tested against. `vocab_size` (the tokenizer's) keeps sampling away from the
@@ -36,19 +38,24 @@ def generate_tokens(
     sampling = sampling or SamplingConfig()
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens (--max-new-tokens) is {max_new_tokens}; it must be at least 1.")
-    if not prompts or any(len(p) != len(prompts[0]) for p in prompts):
-        raise UserError("Generate takes one or more prompts of the same token length.")
-    if len(prompts[0]) == 0:
+    if not prompts:
+        raise UserError("Generate takes one or more prompts.")
+    if any(len(p) == 0 for p in prompts):
         raise UserError("The prompt is empty; give at least one token (e.g. <|endoftext|>).")
+    longest = max(len(p) for p in prompts)
+    if not use_cache and any(len(p) != longest for p in prompts):
+        raise UserError("Generating without the KV cache takes prompts of one token length.")
     device = next(model.parameters()).device
     context = model.config.block_size
-    if len(prompts[0]) >= context:
-        raise UserError(f"The prompt is {len(prompts[0])} tokens, but the model's context is {context}; shorten the prompt.")
-    if len(prompts[0]) + max_new_tokens > context:
-        info(f"[yellow]note:[/yellow] the context ({context} tokens) leaves room for {context - len(prompts[0])} new tokens after the {len(prompts[0])}-token prompt, not {max_new_tokens}")
-        max_new_tokens = context - len(prompts[0])
+    if longest >= context:
+        raise UserError(f"The prompt is {longest} tokens, but the model's context is {context}; shorten the prompt.")
+    if longest + max_new_tokens > context:
+        info(f"[yellow]note:[/yellow] the context ({context} tokens) leaves room for {context - longest} new tokens after the {longest}-token prompt, not {max_new_tokens}")
+        max_new_tokens = context - longest
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    ids = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
+    # Left padding with each row's first token: a repetition penalty then sees no foreign token.
+    ids = torch.tensor([[p[0]] * (longest - len(p)) + list(p) for p in prompts], dtype=torch.long, device=device)  # (B, T)
+    offsets = torch.tensor([longest - len(p) for p in prompts], dtype=torch.long, device=device)  # (B,)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
     stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
 
@@ -59,7 +66,9 @@ def generate_tokens(
         if use_cache:
             dtype = next(model.parameters()).dtype
             c = model.config
-            cache = KVCache(c.n_layer, len(prompts), c.n_kv_head, len(prompts[0]) + max_new_tokens, c.head_dim, device, dtype)
+            cache = KVCache(c.n_layer, len(prompts), c.n_kv_head, longest + max_new_tokens, c.head_dim, device, dtype)
+            if bool(offsets.any()):
+                cache.offsets = offsets
         step_input = ids
         for _ in range(max_new_tokens):
             logits, _ = model(step_input if use_cache else ids, cache=cache, last_only=True)  # (B, 1, V)

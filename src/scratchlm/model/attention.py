@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (first half, second half) of each head's channels by position-dependent angles.
 
-    x: (B, H, T, hd); cos, sin: (T, hd/2).
+    x: (B, H, T, hd); cos, sin: (T, hd/2), or (B, T, hd/2) when each row has its own positions.
     """
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2)
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -69,7 +71,15 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
 
         dropout = self.dropout if self.training else 0.0
-        if start == 0:
+        if cache is not None and cache.offsets is not None:
+            # Rows padded on the left: query i (column start+i) sees keys up to itself, but not a
+            # row's padding columns; a padding query sees only itself, so no row is all masked.
+            keys = torch.arange(start + T, device=x.device)
+            queries = keys[start:, None]  # (T, 1)
+            real = keys[None, None, :] >= cache.offsets[:, None, None]  # (B, 1, S)
+            mask = (keys[None, :] <= queries) & (real | (keys[None, :] == queries))  # (B, T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout)
+        elif start == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         elif T == 1:
             # One new token attends to every cached position: no mask needed.

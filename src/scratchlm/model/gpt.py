@@ -237,12 +237,14 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise UserError(f"The sequence is {start + T} tokens, longer than the model's context of {self.config.block_size}; shorten the prompt or generate fewer tokens.")
         x = self.transformer.wte(idx)  # (B, T, C)
+        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        if cache is not None and cache.offsets is not None:
+            positions = (positions[None, :] - cache.offsets[:, None]).clamp(min=0)  # (B, T): left-padded rows
         rope = None
         if self.config.position == "learned":
-            positions = torch.arange(start, start + T, device=idx.device)
-            x = x + self.transformer.wpe(positions)  # (T, C) broadcast over B
+            x = x + self.transformer.wpe(positions)  # (T or B·T, C), broadcast over B
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hd/2) each
+            rope = (self.rope_cos[positions], self.rope_sin[positions])  # (T or B·T, hd/2) each
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, layer)

@@ -21,6 +21,10 @@ class KVCache:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.length = 0
+        self.offsets: torch.Tensor | None = None
+        """(B,) left-padding per row when prompts of different lengths share the batch: row b's
+        token at column j sits at position j - offsets[b], and its columns < offsets[b] are never
+        attended to. None: every row starts at column 0."""
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, heads, T, hd) after the cached tokens; return all keys and values so far."""
