@@ -81,3 +81,9 @@ def test_a_single_process_agrees_with_itself() -> None:
     assert not alone.enabled and alone.is_main and alone.data_size == 1
     assert alone.agree(3.5) == 3.5 and float(alone.mean(torch.tensor(2.0))) == 2.0
     assert alone.layout == {"world_size": 1, "dp": 1, "fsdp": 1, "tp": 1, "backend": "torch"}
+
+
+def test_tensor_parallel_replicas_must_be_sharded() -> None:
+    with pytest.raises(UserError, match="data-parallel copies are sharded with FSDP: set parallel.fsdp"):
+        ParallelConfig(tp=2).layout(4)
+    assert ParallelConfig(tp=2, fsdp=2).layout(4) == (1, 2, 2)

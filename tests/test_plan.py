@@ -119,7 +119,7 @@ def test_time_and_compute_optimal_length() -> None:
         (("parallel.fsdp=3",), 8, "h100", 0.4, "--gpus 8 is not a multiple of parallel.fsdp × parallel.tp = 3"),
         (("parallel.backend='deepspeed'", "parallel.tp=2"), 2, "h100", 0.4, "shards with ZeRO over all 2"),
         (("parallel.tp=2", "parallel.dp=2"), 4, "h100", 0.4, "the data-parallel copies are sharded with FSDP"),
-        (("parallel.tp=5",), 5, "h100", 0.4, "parallel.tp = 5 does not divide model.n_head (12)"),
+        (("parallel.tp=5",), 5, "h100", 0.4, "parallel.tp = 5 does not divide model.n_head = 12"),
     ],
 )
 def test_bad_input_is_one_sentence(overrides: tuple[str, ...], gpus: int, gpu: str, mfu: float, message: str) -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from scratchlm.errors import UserError
 from scratchlm.model.gpt import GPTConfig
 from scratchlm.model.loss import CHUNK_ELEMENTS
+from scratchlm.train.distributed import check_tensor_parallel
 from scratchlm.train.metrics import GPU_PEAKS
 from scratchlm.train.settings import ParallelConfig, RunConfig
 
@@ -610,12 +611,7 @@ def devices_needed(config: RunConfig, layout: Layout, capacity: float) -> int | 
 
 def _check_layout(config: RunConfig, layout: Layout) -> None:
     """Refuse what training refuses (train/distributed.py, train/deepspeed_backend.py)."""
-    model, tp = config.model, layout.tp
-    for name, size in (("model.n_head", model.n_head), ("model.n_kv_head", model.n_kv_head), ("the MLP width", model.mlp_hidden)):
-        if size % tp:
-            raise UserError(f"parallel.tp = {tp} does not divide {name} ({size}); tensor parallelism splits whole heads and channels.")
-    if tp > 1 and layout.dp > 1 and layout.fsdp == 1:
-        raise UserError("With parallel.tp > 1 the data-parallel copies are sharded with FSDP: set parallel.fsdp (and leave parallel.dp at 0 or 1) instead of parallel.dp.")
+    check_tensor_parallel(config.model, layout.tp)
     if layout.backend == "deepspeed" and config.train.dtype == "float16":
         raise UserError("parallel.backend = \"deepspeed\" runs float32 or bfloat16 here; set train.dtype = \"bfloat16\" (or \"float32\").")
 

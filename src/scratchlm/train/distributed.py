@@ -324,8 +324,6 @@ def parallelize(model: GPT, config: TrainConfig, dist_info: Distributed | None =
     if config.fp8:
         apply_float8(model, layout.tp if layout is not None else 1)
     if layout is not None and layout.tp > 1:
-        if layout.dp > 1 and layout.fsdp == 1:
-            raise UserError("With parallel.tp > 1 the data-parallel copies are sharded with FSDP: set parallel.fsdp (and leave parallel.dp at 0 or 1) instead of parallel.dp.")
         apply_tensor_parallel(model, layout.mesh["tp"])
     _checkpoint_and_compile(model, config)
     if layout is None:

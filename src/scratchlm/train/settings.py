@@ -135,13 +135,17 @@ class ParallelConfig:
         if self.dp == 0:
             if world_size % inner:
                 raise UserError(f"parallel.fsdp × parallel.tp = {inner} does not divide the {world_size} process(es); launch a multiple of {inner} processes or change the sizes.")
-            return world_size // inner, self.fsdp, self.tp
-        if self.dp * inner != world_size:
+            dp = world_size // inner
+        elif self.dp * inner != world_size:
             raise UserError(
                 f"parallel.dp × fsdp × tp = {self.dp} × {self.fsdp} × {self.tp} = {self.dp * inner}, but {world_size} process(es) were launched; "
                 f"launch {self.dp * inner}, or set parallel.dp = 0 to use what is left over."
             )
-        return self.dp, self.fsdp, self.tp
+        else:
+            dp = self.dp
+        if self.tp > 1 and dp > 1 and self.fsdp == 1:
+            raise UserError("With parallel.tp > 1 the data-parallel copies are sharded with FSDP: set parallel.fsdp (and leave parallel.dp at 0 or 1) instead of parallel.dp.")
+        return dp, self.fsdp, self.tp
 
 
 @dataclass
