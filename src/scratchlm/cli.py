@@ -431,6 +431,8 @@ def generate_command(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; empty starts a new document.")] = "",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (fewer if the context fills up).")] = 200,
     num_samples: Annotated[int, typer.Option(help="Independent samples of the same prompt, generated as one batch.")] = 1,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="A string that ends the text, not printed (repeatable); <|endoftext|> always ends it.")] = None,
+    overflow: Annotated[str, typer.Option(help="A prompt too long for the context: 'error', or 'truncate' (drop its left side, with a note).")] = "error",
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
@@ -440,36 +442,38 @@ def generate_command(
 
       scratchlm generate runs/speedrun/train --prompt "ROMEO." --max-new-tokens 200 --top-k 200 --seed 1
 
-      scratchlm generate runs/speedrun/train --num-samples 4 --temperature 1.0
+      scratchlm generate runs/speedrun/train --num-samples 4 --temperature 1.0 --stop "\n\n"
     """
     from scratchlm.checkpoints import load_model
-    from scratchlm.generate.engine import generate
+    from scratchlm.generate.engine import Delta, Engine, Request, run_samples
     from scratchlm.runtime import resolve_device
 
     model, tokenizer, _ = load_model(checkpoint, resolve_device(device, "--device"))
     if not prompt and tokenizer.eot_id is None:
         raise UserError("The prompt is empty and this tokenizer has no <|endoftext|> to start from; pass --prompt TEXT.")
     prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
-    stop = [tokenizer.eot_id] if tokenizer.eot_id is not None else []
-    pending = bytearray(prompt.encode()) if num_samples == 1 else bytearray()
+    stop_ids = (tokenizer.eot_id,) if tokenizer.eot_id is not None else ()
+    engine = Engine(model, tokenizer, max_batch_size=max(num_samples, 1))
+    request = Request(prompt_ids, max_new_tokens, settings, None, stop_ids, tuple(stop or ()), overflow)  # type: ignore[arg-type]
+    started = False
 
-    def stream(sample: int, token: int) -> None:
-        # Print whole characters only: a token can end in the middle of a UTF-8 sequence. The
-        # prompt goes out with the first token, so a prompt the model rejects prints nothing.
+    def stream(sample: int, delta: Delta) -> None:
+        # The prompt goes out with the first text, once the engine has accepted the request.
+        nonlocal started
         if sample == 0 and num_samples == 1:
-            pending.extend(tokenizer.token_bytes(token))
-            text = pending.decode("utf-8", errors="ignore")
-            if text.encode() == bytes(pending):
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                pending.clear()
+            if not started:
+                cut = delta.generation.prompt != prompt_ids
+                sys.stdout.write("…" + tokenizer.decode(delta.generation.prompt) if cut else prompt)
+                started = True
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
 
-    outputs = generate(model, prompt_ids, max_new_tokens, settings, seed, stop, num_samples, on_token=stream, vocab_size=tokenizer.vocab_size)
+    generations = run_samples(engine, request, num_samples, seed, stream)
     if num_samples == 1:
-        sys.stdout.write(pending.decode("utf-8", errors="replace") + "\n")
+        sys.stdout.write("\n")
     else:
-        for i, ids in enumerate(outputs):
-            sys.stdout.write(f"--- sample {i + 1}\n{prompt}{tokenizer.decode(ids)}\n")
+        for i, generation in enumerate(generations):
+            sys.stdout.write(f"--- sample {i + 1}\n{prompt}{generation.text}\n")
 
 
 # ---- planning -------------------------------------------------------------------------------
