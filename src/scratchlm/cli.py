@@ -26,7 +26,7 @@ from scratchlm.config import (
     resolve_config_file,
     settings_help,
 )
-from scratchlm.console import console, set_quiet
+from scratchlm.console import console, info, set_quiet
 from scratchlm.data.prepare import PrepareConfig
 from scratchlm.data.quality import QualityTrainConfig
 from scratchlm.errors import UserError
@@ -431,7 +431,7 @@ def generate_command(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; empty starts a new document.")] = "",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most (fewer if the context fills up).")] = 200,
     num_samples: Annotated[int, typer.Option(help="Independent samples of the same prompt, generated as one batch.")] = 1,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="A string that ends the text, not printed (repeatable); <|endoftext|> always ends it.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="A string that ends the text, not printed (repeatable; \\n and \\t are a newline and a tab); <|endoftext|> always ends it.")] = None,
     overflow: Annotated[str, typer.Option(help="A prompt too long for the context: 'error', or 'truncate' (drop its left side, with a note).")] = "error",
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -442,7 +442,7 @@ def generate_command(
 
       scratchlm generate runs/speedrun/train --prompt "ROMEO." --max-new-tokens 200 --top-k 200 --seed 1
 
-      scratchlm generate runs/speedrun/train --num-samples 4 --temperature 1.0 --stop "\n\n"
+      scratchlm generate runs/speedrun/train --num-samples 4 --temperature 1.0 --stop "\\n\\n"
     """
     from scratchlm.checkpoints import load_model
     from scratchlm.generate.engine import Delta, Engine, Request, run_samples
@@ -454,7 +454,8 @@ def generate_command(
     prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
     stop_ids = (tokenizer.eot_id,) if tokenizer.eot_id is not None else ()
     engine = Engine(model, tokenizer, max_batch_size=max(num_samples, 1))
-    request = Request(prompt_ids, max_new_tokens, settings, None, stop_ids, tuple(stop or ()), overflow)  # type: ignore[arg-type]
+    stop_strings = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in stop or ())
+    request = Request(prompt_ids, max_new_tokens, settings, None, stop_ids, stop_strings, overflow)  # type: ignore[arg-type]
     started = False
 
     def stream(sample: int, delta: Delta) -> None:
@@ -474,6 +475,72 @@ def generate_command(
     else:
         for i, generation in enumerate(generations):
             sys.stdout.write(f"--- sample {i + 1}\n{prompt}{generation.text}\n")
+
+
+@app.command("chat")
+@with_settings(SamplingConfig)
+def chat_command(
+    settings: SamplingConfig,
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory, or a run directory (its latest checkpoint).")],
+    system: Annotated[str, typer.Option(help="A system prompt to start the conversation with (/system TEXT changes it).")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most (fewer if the context fills up).")] = 256,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible answers.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Chat with a checkpoint in the terminal, answers streamed as they are generated.
+
+    A checkpoint from instruction tuning (or `convert from-hf` of a model with one) brings its chat template; any other model continues the conversation's text as it stands. The history is kept within the model's context: the oldest messages are dropped, with a note, when it fills up. Ctrl-C stops an answer; Ctrl-D or /quit leaves.
+
+    Commands: /reset (forget the conversation), /temperature X, /system TEXT, /quit.
+
+    Examples:
+
+      scratchlm chat runs/speedrun/train
+
+      scratchlm chat runs/sft --temperature 0.7 --system "You are a helpful assistant."
+    """
+    from scratchlm.checkpoints import load_model
+    from scratchlm.generate.chat import ChatFormat, ChatSession
+    from scratchlm.runtime import resolve_device
+
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens (--max-new-tokens) is {max_new_tokens}; it must be at least 1.")
+    model, tokenizer, meta = load_model(checkpoint, resolve_device(device, "--device"))
+    template = meta.get("chat_template")
+    chat = ChatFormat(tokenizer, template if isinstance(template, str) and template else None)
+    session = ChatSession(model, chat, settings, max_new_tokens, system, seed)
+    mode = "its chat template" if chat.has_template else "plain continuation (no chat template in this checkpoint)"
+    info(f"chatting with {mode}; commands: {ChatSession.COMMANDS}")
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def note(text: str) -> None:
+        info(f"[yellow]note:[/yellow] {text}")
+
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            return
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            reply = session.command(line)
+            if reply is None:
+                return
+            write(reply + "\n")
+            continue
+        write("model> ")
+        try:
+            session.send(line, write, note)
+        except KeyboardInterrupt:
+            write(" (stopped)")
+        except UserError as error:
+            console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        write("\n")
 
 
 # ---- planning -------------------------------------------------------------------------------
