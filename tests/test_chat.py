@@ -119,7 +119,7 @@ def test_cli_chat_streams_answers_obeys_commands_and_quits(tmp_path: Path, token
     model = make_model()
     checkpoint = save_checkpoint(tmp_path / "run", 1, model, tokenizer, meta={"chat_template": TEMPLATE})
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/temperature 0\n\nhow are you\n/quit\nnever read\n"))
-    monkeypatch.setattr(sys, "argv", ["scratchlm", "chat", str(checkpoint), "--max-new-tokens", "5", "--temperature", "0"])
+    monkeypatch.setattr(sys, "argv", ["scratchlm", "chat", str(checkpoint), "--max-new-tokens", "5", "--temperature", "0", "--dtype", "float32"])
     with pytest.raises(SystemExit) as exit:
         main()
     assert (exit.value.code or 0) == 0
@@ -129,3 +129,14 @@ def test_cli_chat_streams_answers_obeys_commands_and_quits(tmp_path: Path, token
     first = session.send("hello", lambda _: None, lambda _: None).text
     second = session.send("how are you", lambda _: None, lambda _: None).text
     assert out == f"you> model> {first}\nyou> (temperature 0.0)\nyou> you> model> {second}\nyou> "
+
+
+def test_cli_chat_refuses_an_unknown_dtype_in_one_sentence(tmp_path: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from scratchlm.cli import main
+
+    checkpoint = save_checkpoint(tmp_path / "run", 1, make_model(), tokenizer, meta={})
+    monkeypatch.setattr(sys, "argv", ["scratchlm", "chat", str(checkpoint), "--dtype", "float8"])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    assert exit.value.code == 2
+    assert "Unknown --dtype 'float8'" in capsys.readouterr().err

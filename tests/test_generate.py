@@ -424,8 +424,8 @@ def test_cli_generate(tmp_path: Path, tokenizer: Tokenizer) -> None:
     run_dir = tmp_path / "run"
     model = make_model(vocab_size=tokenizer.vocab_size)
     save(run_dir, 3, model, tokenizer)
-    greedy = ["generate", str(run_dir), "--prompt", "the", "--max-new-tokens", "10", "--seed", "1", "--temperature", "0"]
-    sampled = ["generate", str(run_dir), "--prompt", "the", "--max-new-tokens", "10", "--seed", "1", "--temperature", "1.0"]
+    greedy = ["generate", str(run_dir), "--prompt", "the", "--max-new-tokens", "10", "--seed", "1", "--temperature", "0", "--dtype", "float32"]
+    sampled = ["generate", str(run_dir), "--prompt", "the", "--max-new-tokens", "10", "--seed", "1", "--temperature", "1.0", "--dtype", "float32"]
     # Started together: each is mostly interpreter start-up.
     processes = [start(*greedy), start(*sampled), start(*sampled), start("generate", str(tmp_path / "missing"), "--prompt", "the")]
     (rc1, out1, err1), (rc3, out3, err3), (rc4, out4, _), (rc5, out5, err5) = [finish(p) for p in processes]
@@ -471,7 +471,7 @@ def test_cli_never_prints_padding_ids(tmp_path: Path, tokenizer: Tokenizer, monk
         model.transformer.ln_f.weight.zero_()  # the final norm outputs `bias` at every position
         model.lm_head.weight[310] = 10 * bias
     save(tmp_path, 1, model, tokenizer)
-    assert run_main(monkeypatch, "generate", str(tmp_path), "--prompt", "the", "--max-new-tokens", "5", "--temperature", "0") == 0
+    assert run_main(monkeypatch, "generate", str(tmp_path), "--prompt", "the", "--max-new-tokens", "5", "--temperature", "0", "--dtype", "float32") == 0
     out, err = capsys.readouterr()
     assert "error" not in err
     with torch.no_grad():

@@ -205,3 +205,14 @@ def test_the_engine_stops_at_a_stop_string_and_streams_what_comes_before(tokeniz
     assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
     assert "".join(streamed) == cut.text
     assert len(cut.tokens) < len(full.tokens)
+
+
+def test_the_engine_runs_in_the_weights_dtype() -> None:
+    model = make_model(**MODERN).to(torch.bfloat16)
+    engine = Engine(model, max_batch_size=2)
+    first, second = engine.submit(Request([1, 2, 3], 6, GREEDY)), engine.submit(Request([4], 6, GREEDY))
+    engine.step()
+    assert engine.cache is not None and engine.cache.keys is not None and engine.cache.keys.dtype == torch.bfloat16
+    while not engine.idle:
+        engine.step()
+    assert len(first.tokens) == len(second.tokens) == 6

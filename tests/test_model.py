@@ -262,20 +262,20 @@ def test_hf_gpt2_table_gives_transformers_names_shapes_and_logits() -> None:
     """Our tensors through the conversion table load into transformers' GPT2LMHeadModel
     (strictly) and give the same logits; and the table inverts exactly."""
     transformers = pytest.importorskip("transformers")
-    from scratchlm.convert.hf_gpt2 import from_hf_gpt2, to_hf_gpt2
+    from scratchlm.convert.hf import GPT2, from_hf_state, to_hf_state
 
     torch.manual_seed(0)
     config = tiny()
     ours = GPT(config).eval()
     randomize(ours)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4, activation_function="gelu_new", resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).eval()
-    hf_state = to_hf_gpt2(ours.state_dict(), config)
+    hf_state = to_hf_state(ours.state_dict(), config)
     missing, unexpected = hf.load_state_dict(hf_state, strict=False)
     assert not unexpected and all(name.endswith((".attn.bias", ".attn.masked_bias")) for name in missing)
     idx = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
-    back = from_hf_gpt2(hf.state_dict(), config)
+    back = from_hf_state(hf.state_dict(), config, GPT2)
     assert set(back) == set(ours.state_dict())
     for name, tensor in ours.state_dict().items():
         assert torch.equal(back[name], tensor), name

@@ -292,14 +292,16 @@ def load_weights(model: GPT, found: CheckpointInfo) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     """A trained model in eval mode, its tokenizer and its meta, from a checkpoint or run
-    directory; says which checkpoint it loaded."""
+    directory; says which checkpoint it loaded. `dtype` is the weights' dtype for inference
+    (checkpoints store fp32)."""
     found = find_checkpoint(path)
     model = GPT(found.config)
     load_weights(model, found)
-    info(f"loaded {found.path} (step {found.meta['step']})")
-    return model.to(device).eval(), found.tokenizer, found.meta
+    precision = "" if dtype == torch.float32 else f", weights in {str(dtype).removeprefix('torch.')}"
+    info(f"loaded {found.path} (step {found.meta['step']}{precision})")
+    return model.to(device=device, dtype=dtype).eval(), found.tokenizer, found.meta
 
 
 def load_checkpoint_tokenizer(checkpoint: Path) -> Tokenizer:

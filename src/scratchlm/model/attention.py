@@ -5,7 +5,7 @@ Queries, keys and values are three linears, not one fused `c_attn`, and the numb
 read from the projections' output width at run time: tensor parallelism then shards each of them
 column-wise (whole heads per rank) and the output projection row-wise, and this code runs
 unchanged on a rank's local heads. Hugging Face's fused GPT-2 `c_attn` is split and joined at the
-conversion boundary (`scratchlm.convert.hf_gpt2`).
+conversion boundary (`scratchlm.convert.hf`).
 """
 
 from __future__ import annotations

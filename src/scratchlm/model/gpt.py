@@ -46,12 +46,16 @@ class GPTConfig:
     """Width of the residual stream; must be divisible by n_head."""
     mlp_ratio: float = 4.0
     """Hidden width of the MLP as a multiple of n_embd (SwiGLU uses 2/3 of it per branch, rounded to 64)."""
+    mlp_hidden_size: int = 0
+    """Hidden width of the MLP (of each SwiGLU branch) exactly, overriding mlp_ratio; 0 = from mlp_ratio. For converted models whose width no ratio reproduces."""
     dropout: float = 0.0
     """Dropout on attention weights and residual branches during training."""
     bias: bool = True
     """Biases in linear layers and LayerNorms (GPT-2 has them)."""
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     """Normalization: GPT-2's LayerNorm or RMSNorm."""
+    norm_eps: float = 0.0
+    """Epsilon of every norm (QK-norm included); 0 = the norm's usual value, 1e-5 for LayerNorm and 1e-6 for RMSNorm."""
     mlp: Literal["gelu", "swiglu"] = "gelu"
     """MLP type: GPT-2's GELU (tanh approximation) or SwiGLU."""
     position: Literal["learned", "rope"] = "learned"
@@ -67,8 +71,10 @@ class GPTConfig:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise UserError(f"model.{name} is {getattr(self, name)}; it must be at least 1.")
-        if self.vocab_size < 0 or self.n_kv_head < 0:
-            raise UserError("model.vocab_size and model.n_kv_head must be 0 or more (0 = automatic).")
+        if self.vocab_size < 0 or self.n_kv_head < 0 or self.mlp_hidden_size < 0:
+            raise UserError("model.vocab_size, model.n_kv_head and model.mlp_hidden_size must be 0 or more (0 = automatic).")
+        if not (self.norm_eps >= 0 and math.isfinite(self.norm_eps)):
+            raise UserError(f"model.norm_eps is {self.norm_eps}; it must be 0 (the norm's usual value) or a small positive number.")
         if not (self.mlp_ratio > 0 and math.isfinite(self.mlp_ratio)) or not 0 <= self.dropout < 1 or not self.rope_theta > 0:
             raise UserError("model.mlp_ratio and model.rope_theta must be positive and model.dropout within [0, 1).")
         self.n_kv_head = self.n_kv_head or self.n_head
@@ -85,10 +91,17 @@ class GPTConfig:
 
     @property
     def mlp_hidden(self) -> int:
+        if self.mlp_hidden_size:
+            return self.mlp_hidden_size
         if self.mlp == "swiglu":
             # Two input branches: 2/3 of the width keeps the parameter count of a GELU MLP.
             return 64 * math.ceil(self.mlp_ratio * self.n_embd * 2 / 3 / 64)
         return int(self.mlp_ratio * self.n_embd)
+
+    @property
+    def eps(self) -> float:
+        """The epsilon the norms use: norm_eps, or the usual value of the chosen norm."""
+        return self.norm_eps or (1e-6 if self.norm == "rmsnorm" else 1e-5)
 
 
 class RMSNorm(nn.Module):
@@ -106,8 +119,8 @@ class RMSNorm(nn.Module):
 def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
     dim = dim or config.n_embd
     if config.norm == "rmsnorm":
-        return RMSNorm(dim)
-    return nn.LayerNorm(dim, bias=config.bias)
+        return RMSNorm(dim, config.eps)
+    return nn.LayerNorm(dim, eps=config.eps, bias=config.bias)
 
 
 class MLP(nn.Module):

@@ -42,7 +42,7 @@ from scratchlm.checkpoints import (
     rank_state_file,
 )
 from scratchlm.config import to_dict
-from scratchlm.model.gpt import GPT
+from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.train.distributed import Distributed
 
@@ -223,7 +223,7 @@ def _save_checkpoint(
     if dist_info is not None:
         dist_info.barrier()  # every rank's files are written
     if main:
-        _write_and_swap(temporary, final, directory, weights, model, tokenizer, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": step, **meta}, train_state)
+        _write_and_swap(temporary, final, weights, model.config, tokenizer, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": step, **meta}, train_state)
         for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     if dist_info is not None:
@@ -231,20 +231,52 @@ def _save_checkpoint(
     return final
 
 
-def _write_and_swap(temporary: Path, final: Path, directory: Path, weights: dict[str, torch.Tensor], model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], train_state: dict[str, Any] | None) -> None:
-    path = temporary / "model.safetensors"
-    save_file(weights, str(path))
-    # safetensors creates its file private (0600); give it the mode of the files beside it.
-    os.chmod(path, _default_file_mode())
-    (temporary / "config.json").write_text(json.dumps(to_dict(model.config), indent=2) + "\n")
+def write_checkpoint_dir(path: Path, weights: dict[str, torch.Tensor], config: GPTConfig, tokenizer: Tokenizer, meta: dict[str, Any]) -> Path:
+    """Write a standalone checkpoint directory (weights, config, tokenizer, meta; no training
+    state) at `path`, atomically as training writes one, replacing a checkpoint already there.
+
+    `meta` adds to (or overrides) format, version and step 0. A tied head is stored once.
+    """
+    path = Path(path)
+    temporary = path.parent / f".tmp-{path.name}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    (temporary / SHARED_STATE).parent.mkdir(parents=True)
+    if config.tie_embeddings:
+        weights = {name: tensor for name, tensor in weights.items() if name != "lm_head.weight"}
+    try:
+        _write_and_swap(temporary, path, weights, config, tokenizer, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": 0, **meta}, None)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_and_swap(temporary: Path, final: Path, weights: dict[str, torch.Tensor], config: GPTConfig, tokenizer: Tokenizer, meta: dict[str, Any], train_state: dict[str, Any] | None) -> None:
+    save_weights(weights, temporary / "model.safetensors")
+    (temporary / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
     tokenizer.save(temporary / "tokenizer")
     (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if train_state is not None:
         torch.save(train_state, temporary / SHARED_STATE)
     else:
         shutil.rmtree(temporary / SHARED_STATE.parent)
+    replace_directory(temporary, final)
+
+
+def save_weights(weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as a safetensors file with the mode of the files beside it (safetensors
+    alone creates it private, 0600)."""
+    save_file(weights, str(path), metadata=metadata)
+    os.chmod(path, _default_file_mode())
+
+
+def replace_directory(temporary: Path, final: Path) -> None:
+    """Sync the finished directory `temporary` to disk and rename it to `final`. A `final`
+    already there is moved aside first and deleted only once the new one is in place, so a crash
+    leaves one of the two whole."""
     _fsync_tree(temporary)
-    previous = directory / f".old-{final.name}"
+    previous = final.parent / f".old-{final.name}"
     if final.exists():
         if previous.exists():
             shutil.rmtree(previous)
@@ -255,6 +287,6 @@ def _write_and_swap(temporary: Path, final: Path, directory: Path, weights: dict
         if previous.exists():
             os.replace(previous, final)  # the old copy goes back in place
         raise
-    _fsync_dir(directory)
+    _fsync_dir(final.parent)
     if previous.exists():
         shutil.rmtree(previous)
