@@ -31,7 +31,9 @@ from scratchlm.convert.commands import convert_app
 from scratchlm.data.prepare import PrepareConfig
 from scratchlm.data.quality import QualityTrainConfig
 from scratchlm.errors import UserError
+from scratchlm.generate.layout import INFERENCE_DTYPE_HELP
 from scratchlm.generate.sampling import SamplingConfig
+from scratchlm.serve.command import serve_command
 from scratchlm.speedrun import SpeedrunConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig
 from scratchlm.train.settings import RunConfig
@@ -425,17 +427,6 @@ def train_command(
     pretrain(run_config, resume=resume, overwrite=overwrite)
 
 
-INFERENCE_DTYPE_HELP = "The weights' precision: auto (bfloat16 on GPUs that have it and on CPUs whose bf16 matmuls measure faster, e.g. with AVX-512 BF16 or AMX, where decoding runs 2-4× faster; float32 elsewhere), float32, bfloat16, or float16 (GPU)."
-
-
-def inference_precision(device: str, dtype: str) -> tuple[Any, Any]:
-    """The device and weight dtype of `--device` and `--dtype`."""
-    from scratchlm.runtime import resolve_device, resolve_dtype
-
-    resolved = resolve_device(device, "--device")
-    return resolved, resolve_dtype(dtype, resolved, "--dtype")
-
-
 @app.command("generate")
 @with_settings(SamplingConfig)
 def generate_command(
@@ -458,10 +449,10 @@ def generate_command(
 
       scratchlm generate runs/speedrun/train --num-samples 4 --temperature 1.0 --stop "\\n\\n"
     """
-    from scratchlm.checkpoints import load_model
     from scratchlm.generate.engine import Delta, Engine, Request, run_samples
+    from scratchlm.generate.layout import load_for_inference
 
-    model, tokenizer, _ = load_model(checkpoint, *inference_precision(device, dtype))
+    model, tokenizer, _ = load_for_inference(checkpoint, device, dtype)
     if not prompt and tokenizer.eot_id is None:
         raise UserError("The prompt is empty and this tokenizer has no <|endoftext|> to start from; pass --prompt TEXT.")
     prompt_ids = tokenizer.encode_ordinary(prompt) if prompt else [tokenizer.eot_id]
@@ -513,12 +504,12 @@ def chat_command(
 
       scratchlm chat runs/sft --temperature 0.7 --system "You are a helpful assistant."
     """
-    from scratchlm.checkpoints import load_model
     from scratchlm.generate.chat import ChatFormat, ChatSession
+    from scratchlm.generate.layout import load_for_inference
 
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens (--max-new-tokens) is {max_new_tokens}; it must be at least 1.")
-    model, tokenizer, meta = load_model(checkpoint, *inference_precision(device, dtype))
+    model, tokenizer, meta = load_for_inference(checkpoint, device, dtype)
     template = meta.get("chat_template")
     chat = ChatFormat(tokenizer, template if isinstance(template, str) and template else None)
     session = ChatSession(model, chat, settings, max_new_tokens, system, seed)
@@ -554,6 +545,9 @@ def chat_command(
         except UserError as error:
             console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
         write("\n")
+
+
+app.command("serve")(serve_command)
 
 
 # ---- planning -------------------------------------------------------------------------------

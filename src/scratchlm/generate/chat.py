@@ -11,6 +11,8 @@ turn's content, one after another, and the model continues the last.
 from __future__ import annotations
 
 import dataclasses
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,14 +48,17 @@ class ChatFormat:
 
     def render(self, messages: list[Message]) -> str:
         """The conversation as the text the model continues (ending where the assistant speaks)."""
+        return self._render(messages, [m.content for m in messages])
+
+    def _render(self, messages: list[Message], contents: list[str]) -> str:
         for message in messages:
             if message.role not in ROLES:
                 raise UserError(f"A message's role is {message.role!r}; it must be one of {', '.join(ROLES)}.")
         if self.template is None:
-            return "".join(m.content for m in messages)
+            return "".join(contents)
         try:
             return self.template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[{"role": m.role, "content": c} for m, c in zip(messages, contents)],
                 add_generation_prompt=True,
                 bos_token="",
                 eos_token=EOT if EOT in self.tokenizer.special_tokens else "",
@@ -64,11 +69,31 @@ class ChatFormat:
             raise UserError(f"The checkpoint's chat template failed on this conversation ({type(error).__name__}: {error}).") from None
 
     def encode(self, messages: list[Message]) -> list[int]:
-        """Prompt ids of a conversation; a template's special-token strings become their ids."""
-        text = self.render(messages)
+        """Prompt ids of a conversation. Special-token strings the template writes become their
+        ids; the same strings inside a message stay text, so nobody can forge a turn by typing
+        its markers. The text between special tokens is encoded whole, as the rendered string
+        would be (splitting it at message boundaries would change the tokens there)."""
         if self.template is None:
-            return self.tokenizer.encode_ordinary(text)
-        return self.tokenizer.encode(text, allowed_special="all")
+            return self.tokenizer.encode_ordinary(self.render(messages))
+        # Render once with stand-ins for the contents to learn which text is the template's.
+        marker = f"\x00{uuid.uuid4().hex}:"
+        stand_ins = [f"{marker}{i}\x00" for i in range(len(messages))]
+        rendered = self._render(messages, stand_ins)
+        specials = self.tokenizer.special_tokens
+        special = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) if specials else None
+        ids: list[int] = []
+        text = ""
+        for i, part in enumerate(re.split(f"({re.escape(marker)}\\d+\x00)", rendered)):
+            if i % 2:  # a stand-in: the message's own text, never a special token
+                text += messages[int(part[len(marker) : -1])].content
+                continue
+            at = 0
+            for found in special.finditer(part) if special else ():
+                text += part[at : found.start()]
+                ids += self.tokenizer.encode_ordinary(text) + [specials[found.group()]]
+                text, at = "", found.end()
+            text += part[at:]
+        return ids + self.tokenizer.encode_ordinary(text)
 
 
 def _raise(message: str) -> None:

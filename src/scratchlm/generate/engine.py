@@ -172,7 +172,8 @@ class Engine:
     the cache keeps each row's padding, so every row is computed as if it were alone. A step
     decodes one token for every running row, then prefills waiting requests into the free rows
     (their first token comes from the prefill) and merges them in; finished rows leave at once.
-    `submit` and `Generation.cancel` may be called from other threads than `step`.
+    `prepare`, `submit`, `enqueue` and `Generation.cancel` may be called from other threads than
+    `step`: they read only what is fixed at construction and append to a thread-safe deque.
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer | None = None, max_batch_size: int = 8, vocab_size: int | None = None) -> None:
