@@ -115,8 +115,11 @@ def test_generation_restores_training_mode() -> None:
     model = make_model().train()
     collect(model, [[1, 2, 3]], 3, GREEDY)
     assert model.training
+    generate(model, [1, 2, 3], 3, GREEDY)  # the engine, as the trainer's sampler calls it
+    assert model.training
     model.eval()
     collect(model, [[1, 2, 3]], 3, GREEDY)
+    generate(model, [1, 2, 3], 3, GREEDY)
     assert not model.training
 
 

@@ -179,7 +179,7 @@ class Engine:
     def __init__(self, model: GPT, tokenizer: Tokenizer | None = None, max_batch_size: int = 8, vocab_size: int | None = None) -> None:
         if max_batch_size < 1:
             raise UserError(f"The batch size (--max-batch-size) is {max_batch_size}; it must be at least 1.")
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.vocab_size = vocab_size or (tokenizer.vocab_size if tokenizer is not None else None)
@@ -235,7 +235,18 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[Delta]:
-        """Advance every running request by one token and admit waiting ones; what each produced."""
+        """Advance every running request by one token and admit waiting ones; what each produced.
+
+        The model runs in eval mode and goes back to the mode it was in: a model sampled from
+        during training goes on training with its dropout."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._step()
+        finally:
+            self.model.train(was_training)
+
+    def _step(self) -> list[Delta]:
         deltas = [self._finish(g, "cancelled") for g in self.running if g.cancelled]
         self._drop_finished()
         if self.running:
