@@ -35,6 +35,7 @@ from scratchlm.config import from_dict
 from scratchlm.console import info
 from scratchlm.errors import UserError
 from scratchlm.model.gpt import GPT, GPTConfig
+from scratchlm.model.lora import LoraConfig, LoRALinear, apply_lora, merge_lora
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 FORMAT_NAME = "scratchlm-checkpoint"
@@ -132,10 +133,13 @@ def _safetensors_layout(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes a checkpoint of `config` stores (a tied head once, as wte)."""
+def expected_shapes(config: GPTConfig, lora: dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes a checkpoint of `config` stores (a tied head once, as wte), with
+    the adapters of a LoRA fine-tune (meta.json's `lora`) beside the base weights."""
     with torch.device("meta"):
         model = GPT(config)
+        if lora:
+            apply_lora(model, _lora_config(lora))
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_embeddings:
         shapes.pop("lm_head.weight")
@@ -185,7 +189,7 @@ def check_checkpoint(checkpoint: Path, need_train_state: bool = False) -> Checkp
     shapes = _safetensors_layout(weights)
     if meta["version"] == 1:
         shapes = _legacy_shapes(shapes, config)
-    expected = expected_shapes(config)
+    expected = expected_shapes(config, meta.get("lora"))
     if shapes != expected:
         wrong = sorted(set(shapes) ^ set(expected)) or sorted(n for n in expected if shapes[n] != expected[n])
         detail = f"{wrong[0]}: stored {shapes.get(wrong[0])}, config.json implies {expected.get(wrong[0])}"
@@ -278,8 +282,19 @@ def find_checkpoint(path: str | Path, need_train_state: bool = False) -> Checkpo
     raise UserError(f"No readable checkpoint in {path}: {problems[0]}")
 
 
+def _lora_config(stored: Any) -> LoraConfig:
+    try:
+        return LoraConfig(**stored)
+    except TypeError:
+        raise UserError(f"meta.json's lora settings {stored!r} are not valid; the file is corrupt.") from None
+
+
 def load_weights(model: GPT, found: CheckpointInfo) -> None:
-    """Load a checked checkpoint's weights into `model` (same config)."""
+    """Load a checked checkpoint's weights into `model` (same config).
+
+    A LoRA fine-tune's checkpoint loads into a model that already has its adapters (resuming
+    it); into a plain model its adapters are folded into the weights, which leaves an ordinary
+    model with every weight trainable."""
     weights = found.path / "model.safetensors"
     try:
         state = load_file(str(weights))
@@ -289,7 +304,15 @@ def load_weights(model: GPT, found: CheckpointInfo) -> None:
         state = split_fused(state, found.config)
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["transformer.wte.weight"]
+    lora = found.meta.get("lora")
+    adapted = any(isinstance(m, LoRALinear) for m in model.modules())
+    if lora and not adapted:
+        apply_lora(model, _lora_config(lora))
     model.load_state_dict(state, strict=True)
+    if lora and not adapted:
+        merge_lora(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, Tokenizer, dict[str, Any]]:
