@@ -31,6 +31,7 @@ from scratchlm.convert.commands import convert_app
 from scratchlm.data.prepare import PrepareConfig
 from scratchlm.data.quality import QualityTrainConfig
 from scratchlm.errors import UserError
+from scratchlm.finetune.settings import InstructConfig
 from scratchlm.generate.layout import INFERENCE_DTYPE_HELP
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.serve.command import serve_command
@@ -76,6 +77,16 @@ tokenizer_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(convert_app, name="convert")
+finetune_app = typer.Typer(
+    help=(
+        "Fine-tune a checkpoint (your own, or GPT-2 from `convert from-hf`) on the one training engine, with or without LoRA.\n\n"
+        "Examples:\n\n"
+        "  scratchlm finetune instruct my_sft.toml --set train.init_from=runs/speedrun/train"
+    ),
+    no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
+)
+app.add_typer(finetune_app, name="finetune")
 
 
 def _version(value: bool) -> None:
@@ -548,6 +559,31 @@ def chat_command(
 
 
 app.command("serve")(serve_command)
+
+
+@finetune_app.command("instruct", epilog=settings_help(InstructConfig))
+def finetune_instruct_command(
+    config: Annotated[Optional[Path], typer.Argument(help="A TOML config with [data], [train], [optim] and [lora] sections (or none: --set everything).", show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set lora.rank=8.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the job in train.out_dir from its newest checkpoint, exactly.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the job train.out_dir already holds.")] = False,
+) -> None:
+    """Instruction tuning: teach a checkpoint to answer, with the loss on response tokens only.
+
+    Records are Alpaca-style ({instruction, input, output}) or chat ({"messages": [...]}) in .json or .jsonl. The prompt format (data.format: alpaca, or chatml with two role tokens added to the tokenizer) becomes the checkpoints' chat template, so `scratchlm chat`, `serve` and `convert to-hf` use it. The held-out response loss is measured before and after, and held-out instructions are answered before and after tuning (responses.jsonl, with exact match and ROUGE-L).
+
+    Examples:
+
+      scratchlm finetune instruct --set data.train=../shared/data/instruction-data.json --set train.init_from=runs/gpt2 --set train.out_dir=runs/sft
+
+      scratchlm finetune instruct sft.toml --set lora.rank=8    # LoRA: only the adapters train
+
+      scratchlm chat runs/sft
+    """
+    from scratchlm.finetune.instruct import finetune_instruct
+
+    settings = load_config(InstructConfig, config, overrides or [])
+    finetune_instruct(settings, resume=resume, overwrite=overwrite)
 
 
 # ---- planning -------------------------------------------------------------------------------

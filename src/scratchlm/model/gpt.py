@@ -245,6 +245,17 @@ class GPT(nn.Module):
         `reduction="none"` each position's loss (B, T), 0 where the target is -100. With a
         `cache`, `idx` continues the cached sequence at position `cache.length`.
         """
+        x = self.features(idx, cache)  # (B, T, C)
+        if targets is None:
+            if last_only:
+                x = x[:, -1:]  # (B, 1, C)
+            return self.lm_head(x), None  # (B, T or 1, vocab)
+        if reduction == "none":
+            return None, token_cross_entropy(x, self.lm_head.weight, targets)  # (B, T)
+        return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+
+    def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, C), after the last norm: what the head reads."""
         _, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -263,11 +274,4 @@ class GPT(nn.Module):
             x = block(x, rope, cache, layer)
         if cache is not None:
             cache.advance(T)
-        x = self.transformer.ln_f(x)  # (B, T, C)
-        if targets is None:
-            if last_only:
-                x = x[:, -1:]  # (B, 1, C)
-            return self.lm_head(x), None  # (B, T or 1, vocab)
-        if reduction == "none":
-            return None, token_cross_entropy(x, self.lm_head.weight, targets)  # (B, T)
-        return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+        return self.transformer.ln_f(x)  # (B, T, C)

@@ -132,8 +132,10 @@ class Trainer:
         num_params: int = 0,
         peak_flops: float = 0.0,
         dist_info: Distributed | None = None,
+        extra_meta: Mapping[str, Any] | None = None,
     ) -> None:
-        """`peak_flops` is one device's peak; MFU divides by it times the number of processes."""
+        """`peak_flops` is one device's peak; MFU divides by it times the number of processes.
+        `extra_meta` goes into every checkpoint's meta.json (a fine-tune's chat template, LoRA settings)."""
         self.model, self.optimizer, self.train_batches = model, optimizer, train_batches
         self.settings, self.optim = settings, optim
         self.grad_accum = check_batch_tokens(settings.batch_tokens, tokens_per_micro_batch)
@@ -144,6 +146,7 @@ class Trainer:
         self.checkpoint_model, self.tokenizer, self.run_config = checkpoint_model, tokenizer, run_config or {}
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.num_params = num_params
+        self.extra_meta = dict(extra_meta or {})
         self.dist = dist_info if dist_info is not None else Distributed(device=device)
         self.deepspeed = model if deepspeed_backend.is_engine(model) else None
         self.out_dir = Path(settings.out_dir)
@@ -296,7 +299,7 @@ class Trainer:
     def save(self, record: dict[str, Any]) -> Path | None:
         if self.checkpoint_model is None or self.tokenizer is None:
             return None
-        meta = {"tokens_seen": self.tokens_seen, "metrics": record, "run_config": self.run_config}
+        meta = {"tokens_seen": self.tokens_seen, "metrics": record, "run_config": self.run_config, **self.extra_meta}
         if self.deepspeed is not None:
             engine = self.deepspeed
             weights = deepspeed_backend.full_weights(engine, self.dist)
