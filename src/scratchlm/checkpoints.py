@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from scratchlm.config import from_dict
 from scratchlm.console import info
 from scratchlm.errors import UserError
+from scratchlm.model.classifier import GPTClassifier
 from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.model.lora import LoraConfig, LoRALinear, apply_lora, merge_lora
 from scratchlm.tokenizer.tokenizer import Tokenizer
@@ -133,14 +134,17 @@ def _safetensors_layout(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def expected_shapes(config: GPTConfig, lora: dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: GPTConfig, lora: dict[str, Any] | None = None, classes: int = 0) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes a checkpoint of `config` stores (a tied head once, as wte), with
-    the adapters of a LoRA fine-tune (meta.json's `lora`) beside the base weights."""
+    the adapters of a LoRA fine-tune (meta.json's `lora`) beside the base weights, and a
+    classifier's head when it has `classes` (meta.json's `labels`)."""
     with torch.device("meta"):
         model = GPT(config)
         if lora:
             apply_lora(model, _lora_config(lora))
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if classes:
+        shapes |= {"classifier.weight": (classes, config.n_embd), "classifier.bias": (classes,)}
     if config.tie_embeddings:
         shapes.pop("lm_head.weight")
     return shapes
@@ -189,7 +193,8 @@ def check_checkpoint(checkpoint: Path, need_train_state: bool = False) -> Checkp
     shapes = _safetensors_layout(weights)
     if meta["version"] == 1:
         shapes = _legacy_shapes(shapes, config)
-    expected = expected_shapes(config, meta.get("lora"))
+    labels = meta.get("labels")
+    expected = expected_shapes(config, meta.get("lora"), len(labels) if isinstance(labels, list) else 0)
     if shapes != expected:
         wrong = sorted(set(shapes) ^ set(expected)) or sorted(n for n in expected if shapes[n] != expected[n])
         detail = f"{wrong[0]}: stored {shapes.get(wrong[0])}, config.json implies {expected.get(wrong[0])}"
@@ -304,6 +309,9 @@ def load_weights(model: GPT, found: CheckpointInfo) -> None:
         state = split_fused(state, found.config)
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["transformer.wte.weight"]
+    if not hasattr(model, "classifier"):
+        # A classifier's checkpoint holds a whole GPT: a plain model takes it without the head.
+        state = {name: tensor for name, tensor in state.items() if not name.startswith("classifier.")}
     lora = found.meta.get("lora")
     adapted = any(isinstance(m, LoRALinear) for m in model.modules())
     if lora and not adapted:
@@ -325,6 +333,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     precision = "" if dtype == torch.float32 else f", weights in {str(dtype).removeprefix('torch.')}"
     info(f"loaded {found.path} (step {found.meta['step']}{precision})")
     return model.to(device=device, dtype=dtype).eval(), found.tokenizer, found.meta
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPTClassifier, Tokenizer, dict[str, Any]]:
+    """A classifier from `finetune classify` in eval mode, its tokenizer and meta (labels, pooling)."""
+    found = find_checkpoint(path)
+    labels = found.meta.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise UserError(f"{found.path} is not a classifier (its meta.json names no labels); train one with `scratchlm finetune classify`.")
+    model = GPTClassifier(found.config, len(labels), found.meta.get("pooling", "last"))
+    load_weights(model, found)
+    info(f"loaded {found.path} (step {found.meta['step']}; {len(labels)} classes)")
+    return model.to(device).eval(), found.tokenizer, found.meta
 
 
 def load_checkpoint_tokenizer(checkpoint: Path) -> Tokenizer:

@@ -31,7 +31,7 @@ from scratchlm.convert.commands import convert_app
 from scratchlm.data.prepare import PrepareConfig
 from scratchlm.data.quality import QualityTrainConfig
 from scratchlm.errors import UserError
-from scratchlm.finetune.settings import InstructConfig
+from scratchlm.finetune.settings import ClassifyConfig, InstructConfig
 from scratchlm.generate.layout import INFERENCE_DTYPE_HELP
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.serve.command import serve_command
@@ -584,6 +584,68 @@ def finetune_instruct_command(
 
     settings = load_config(InstructConfig, config, overrides or [])
     finetune_instruct(settings, resume=resume, overwrite=overwrite)
+
+
+@finetune_app.command("classify", epilog=settings_help(ClassifyConfig))
+def finetune_classify_command(
+    config: Annotated[Optional[Path], typer.Argument(help="A TOML config with [data], [train], [optim] and [lora] sections (or none: --set everything).", show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set data.train_blocks=4.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the job in train.out_dir from its newest checkpoint, exactly.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the job train.out_dir already holds.")] = False,
+) -> None:
+    """Classification: put a new head on a checkpoint and train it on labelled texts.
+
+    Rows come from CSV, TSV, JSONL or Parquet (data.text_column, data.label_column); without data.val they are split (seeded, stratified by label). The head reads the last real token's hidden state (or the mean); the last data.train_blocks blocks, LoRA adapters or every weight train with it. At the end: accuracy, macro precision/recall/F1 and the confusion matrix per split, beside the majority-class baseline (report.json). Then `scratchlm classify` labels new texts.
+
+    Examples:
+
+      scratchlm finetune classify --set data.train=passages.csv --set train.init_from=runs/speedrun/train --set train.out_dir=runs/genre
+
+      scratchlm finetune classify spam.toml --set lora.rank=8
+    """
+    from scratchlm.finetune.classify import finetune_classify
+
+    settings = load_config(ClassifyConfig, config, overrides or [])
+    finetune_classify(settings, resume=resume, overwrite=overwrite)
+
+
+@app.command("classify")
+def classify_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A classifier checkpoint (or its run directory) from `scratchlm finetune classify`.")],
+    text: Annotated[Optional[list[str]], typer.Option("--text", "-t", help="A text to label (repeatable).")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A .csv, .tsv, .jsonl or .parquet file of texts to label; one JSON line per text goes to stdout.")] = None,
+    text_column: Annotated[str, typer.Option(help="The column of --input holding the text.")] = "text",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Label texts with a fine-tuned classifier: the most likely label and every label's probability.
+
+    Examples:
+
+      scratchlm classify runs/genre --text "O Romeo, Romeo, wherefore art thou Romeo?"
+
+      scratchlm classify runs/genre --input passages.csv > labelled.jsonl
+    """
+    from scratchlm.checkpoints import load_classifier
+    from scratchlm.finetune.classify import label_texts
+    from scratchlm.finetune.classify_data import read_texts
+    from scratchlm.runtime import resolve_device
+
+    if bool(text) == (input is not None):
+        raise UserError("Give the texts to label with --text TEXT (repeatable) or --input FILE, one of the two.")
+    if input is not None:
+        texts, skipped = read_texts(input, text_column)
+        if skipped:
+            info(f"[yellow]note:[/yellow] {input}: skipped {skipped.describe()}")
+    else:
+        texts = list(text or [])
+    model, tokenizer, meta = load_classifier(checkpoint, resolve_device(device, "--device"))
+    for result in label_texts(model, tokenizer, meta["labels"], texts):
+        if input is not None:
+            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            continue
+        ranked = sorted(result["probabilities"].items(), key=lambda pair: -pair[1])
+        shown = f"\t{result['text'][:60]!r}" if len(texts) > 1 else ""
+        sys.stdout.write(f"{result['label']}\t" + "  ".join(f"{name} {p:.3f}" for name, p in ranked) + shown + "\n")
 
 
 # ---- planning -------------------------------------------------------------------------------

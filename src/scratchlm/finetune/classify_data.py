@@ -134,6 +134,36 @@ def read_table(path: StrPath, text_column: str = "text", label_column: str = "la
     return rows, tally
 
 
+def read_texts(path: StrPath, text_column: str = "text") -> tuple[list[str], Tally]:
+    """The texts of one table file, any labels ignored (what `scratchlm classify --input` labels),
+    and a tally of the rows skipped, by reason."""
+    path = Path(path)
+    _check_file(path)
+    kind = _table_kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        columns = pq.ParquetFile(path).schema_arrow.names
+        _check_column(path, columns, text_column, "text")
+        values = pq.read_table(path, columns=[text_column]).column(text_column).to_pylist()
+        records: list[Record] = [(f"{path}:{row}", {text_column: value}) for row, value in enumerate(values, start=1)]
+    else:
+        reader = _csv_records if kind in ("csv", "tsv") else _json_records
+        columns, records = reader(path, _decode(path, _file_bytes(path)), kind)
+        if columns:
+            _check_column(path, columns, text_column, "text")
+    texts, tally = [], Tally()
+    for where, record in records:
+        problem = record if isinstance(record, str) else _text_problem(record.get(text_column))
+        if problem:
+            tally.add(problem, where)
+        else:
+            texts.append(record[text_column])
+    if not texts:
+        raise UserError(f"{path} has no texts to label in its {text_column!r} column" + (f" ({tally.describe()})." if tally else "."))
+    return texts, tally
+
+
 Record = tuple[str, Any]
 """A parsed row: its location, and a dict of its fields or the reason it could not be parsed."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,7 @@ from scratchlm.console import info
 from scratchlm.errors import UserError
 from scratchlm.finetune.vocab import add_special_tokens, fit_vocabulary
 from scratchlm.model.gpt import GPT
-from scratchlm.model.lora import (
-    LoraConfig,
-    apply_lora,
-    lora_parameter_count,
-    save_adapter,
-    weights_hash,
-)
+from scratchlm.model.lora import LoraConfig, apply_lora, save_adapter, weights_hash
 from scratchlm.paths import make_directory
 from scratchlm.runtime import resolve_device, resolve_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
@@ -63,7 +57,6 @@ class FinetuneRun:
     resume_from: CheckpointInfo | None = None
     base_weights: Path | None = None
     """The base checkpoint's weights file, whose hash a LoRA adapter records."""
-    trainable: int = 0
 
     @property
     def out_dir(self) -> Path:
@@ -72,6 +65,9 @@ class FinetuneRun:
     @property
     def chat_template(self) -> str | None:
         return self.meta.get("chat_template")
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values())
 
     def fit(self, batches: BatchSource, loss_fn: LossFn, evaluators: Mapping[str, Evaluator], *, tokens_per_micro_batch: int, batch_tokens: int) -> dict[str, Any]:
         """Train with the Trainer (resuming when the run was started with `resume`); the final record."""
@@ -103,7 +99,8 @@ class FinetuneRun:
             trainer.resume(self.resume_from)
         make_directory(self.out_dir, "train.out_dir")
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=trainer.step if self.resume_from is not None else None)
-        share = f"{self.trainable / 1e6:.3f} M of {self.model.num_params() / 1e6:.2f} M parameters train ({100 * self.trainable / self.model.num_params():.2f} %)"
+        trainable = self.trainable_parameters()
+        share = f"{trainable / 1e6:.3f} M of {self.model.num_params() / 1e6:.2f} M parameters train ({100 * trainable / self.model.num_params():.2f} %)"
         info(f"fine-tuning: {share}; {trainer.grad_accum} × {settings.micro_batch_size} sequences per step; {self.dtype} on {self.device}")
         final = trainer.fit(metrics)
         if self.lora.rank and self.base_weights is not None:
@@ -119,12 +116,17 @@ def start_finetune(
     *,
     special_tokens: tuple[str, ...] = (),
     chat_template: str | None = None,
+    wrap: Callable[[GPT], GPT] | None = None,
     task: str,
     resume: bool = False,
     overwrite: bool = False,
     run_config: dict[str, Any] | None = None,
 ) -> FinetuneRun:
-    """The model and tokenizer a fine-tuning job trains, checked and built (nothing trained yet)."""
+    """The model and tokenizer a fine-tuning job trains, checked and built (nothing trained yet).
+
+    `wrap` turns the loaded GPT into the job's model (a classifier adds its head); LoRA goes on
+    after it, and the job chooses what else trains before `fit`."""
+    wrap = wrap or (lambda gpt: gpt)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("Fine-tuning runs in one process; launch it without torchrun (one GPU, or the CPU).")
     if not train.init_from:
@@ -141,7 +143,7 @@ def start_finetune(
             raise UserError(f"{checkpoint.path} is a {checkpoint.meta.get('task', 'pretraining')!r} checkpoint, not {task!r}; resume it with its own command.")
         if checkpoint.meta.get("lora") != (asdict(lora) if lora.rank else None):
             raise UserError(f"{checkpoint.path} was trained with lora = {checkpoint.meta.get('lora')}; resume with the run's own [lora] settings.")
-        model, tokenizer = GPT(checkpoint.config), checkpoint.tokenizer
+        model, tokenizer = wrap(GPT(checkpoint.config)), checkpoint.tokenizer
         if lora.rank:
             apply_lora(model, lora)
         load_weights(model, checkpoint)
@@ -157,14 +159,14 @@ def start_finetune(
         if added:
             fit_vocabulary(model, base.tokenizer.vocab_size, tokenizer.vocab_size)
             info(f"added {', '.join(added)} to the tokenizer (ids {tokenizer.special_tokens[added[0]]}..{tokenizer.special_tokens[added[-1]]}), their embedding rows the mean of the others")
+        model = wrap(model)
         if lora.rank:
             adapted = apply_lora(model, lora)
             info(f"LoRA rank {lora.rank} on {len(adapted)} layers ({', '.join(adapted[:3])}{', ...' if len(adapted) > 3 else ''})")
     model = model.to(device)
-    trainable = lora_parameter_count(model) if lora.rank else sum(p.numel() for p in model.parameters() if p.requires_grad)
     meta: dict[str, Any] = {"task": task, "base": str(base.path)}
     if chat_template:
         meta["chat_template"] = chat_template
     if lora.rank:
         meta["lora"] = asdict(lora)
-    return FinetuneRun(model, tokenizer, device, dtype, train, optim, lora, meta, run_config or {}, checkpoint, base.path / "model.safetensors", trainable)
+    return FinetuneRun(model, tokenizer, device, dtype, train, optim, lora, meta, run_config or {}, checkpoint, base.path / "model.safetensors")

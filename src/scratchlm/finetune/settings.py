@@ -71,3 +71,60 @@ class InstructConfig:
     """Optimizer and schedule."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Low-rank adapters (lora.rank > 0) instead of training every weight."""
+
+
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class ClassifyDataConfig:
+    """Labelled texts and how the classifier reads them."""
+
+    train: str = ""
+    """Training rows: .csv, .tsv, .jsonl/.json or .parquet (optionally .gz/.zst), with a text and a label column."""
+    val: str = ""
+    """Validation rows in the same form; empty = cut from `train` by `split` (seeded, stratified by label)."""
+    test: str = ""
+    """Test rows in the same form; empty = cut from `train` by `split` when it has three parts."""
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    """Shares of `train` for train, validation (and test) when `val` is empty; two or three numbers adding up to 1."""
+    text_column: str = "text"
+    """The column (or JSON field) holding the text."""
+    label_column: str = "label"
+    """The column (or JSON field) holding the label."""
+    labels: list[str] = field(default_factory=list)
+    """The label names in class order; empty = the training split's labels, sorted."""
+    max_length: int = 0
+    """Tokens per text at most (the first ones are kept, and counted); 0 = the model's context."""
+    balanced: bool = False
+    """Draw the classes equally often in training, whatever their share of the rows."""
+    batch_size: int = 16
+    """Texts per optimizer step (gradient accumulation over train.micro_batch_size)."""
+    pooling: str = "last"
+    """What the head reads: the last real token's hidden state (it has attended to all the others), or the mean over the text."""
+    train_blocks: int = 2
+    """Without LoRA: the last k transformer blocks, the final norm and the head train (-1 = every weight); with LoRA: the adapters and the head."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise UserError(f"data.pooling is {self.pooling!r}; choose one of: {', '.join(POOLINGS)}.")
+        if self.max_length < 0:
+            raise UserError(f"data.max_length is {self.max_length}; it must be 0 or more.")
+        if self.batch_size < 1:
+            raise UserError(f"data.batch_size is {self.batch_size}; it must be at least 1.")
+        if self.train_blocks < -1:
+            raise UserError(f"data.train_blocks is {self.train_blocks}; it must be -1 (everything), 0 (the head only) or more.")
+
+
+@dataclass
+class ClassifyConfig:
+    """Classification: a checkpoint with a new head over its hidden states, trained on labelled texts."""
+
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    """The labelled texts, the head and what trains."""
+    train: TrainConfig = field(default_factory=lambda: finetune_train_defaults(max_steps=300))
+    """Loop settings; train.init_from (the checkpoint to start from) is required."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, weight_decay=0.1))
+    """Optimizer and schedule."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (lora.rank > 0): the adapters and the head train."""
