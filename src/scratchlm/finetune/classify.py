@@ -122,7 +122,7 @@ def finetune_classify(config: ClassifyConfig, resume: bool = False, overwrite: b
         return {"loss": loss, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
     evaluators = {"val": evaluate} if "val" in held else {}
-    final = run.fit(batches, classify_loss, evaluators, tokens_per_micro_batch=micro * max_length, batch_tokens=data.batch_size * max_length)
+    final = run.fit(batches, classify_loss, evaluators, tokens_per_micro_batch=micro * max_length, batch_tokens=data.batch_size * max_length, count_tokens=lambda batch: batch.ids.numel())
 
     train_labels = [e.label for e in examples["train"]]
     results: dict[str, Any] = {"labels": list(labels.names)}

@@ -111,8 +111,8 @@ def finetune_instruct(config: InstructConfig, resume: bool = False, overwrite: b
         info(f"held-out response loss before tuning: {before['loss']:.4f} over {before['tokens']:,} tokens")
     base_answers = _answers(run, questions, data.max_new_tokens) if questions and not resume else []
 
-    # The Trainer counts a step's size in tokens; here a step is batch_size sequences of up to max_length.
-    final = run.fit(batches, lm_loss, {"val": evaluator}, tokens_per_micro_batch=micro * max_length, batch_tokens=data.batch_size * max_length)
+    # A step is batch_size sequences, each up to max_length tokens.
+    final = run.fit(batches, lm_loss, {"val": evaluator}, tokens_per_micro_batch=micro * max_length, batch_tokens=data.batch_size * max_length, count_tokens=lambda batch: batch[0].numel())
 
     after_answers = _answers(run, questions, data.max_new_tokens) if questions else []
     summary = {"val_loss_before": before.get("loss"), "val_loss_after": final.get("val_loss"), "held_out_examples": len(held_examples)}

@@ -69,8 +69,21 @@ class FinetuneRun:
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values())
 
-    def fit(self, batches: BatchSource, loss_fn: LossFn, evaluators: Mapping[str, Evaluator], *, tokens_per_micro_batch: int, batch_tokens: int) -> dict[str, Any]:
-        """Train with the Trainer (resuming when the run was started with `resume`); the final record."""
+    def fit(
+        self,
+        batches: BatchSource,
+        loss_fn: LossFn,
+        evaluators: Mapping[str, Evaluator],
+        *,
+        tokens_per_micro_batch: int,
+        batch_tokens: int,
+        count_tokens: Callable[[Any], int],
+    ) -> dict[str, Any]:
+        """Train with the Trainer (resuming when the run was started with `resume`); the final record.
+
+        A step is batch_tokens / tokens_per_micro_batch micro-batches; `count_tokens(batch)` is
+        what a micro-batch really computes (batches are padded to their longest sequence only),
+        which the tokens/s and MFU figures count."""
         settings = dataclasses.replace(self.train, batch_tokens=batch_tokens)
         dist = Distributed(device=self.device)
         train_model = parallelize(self.model, settings, dist, self.dtype)
@@ -94,6 +107,7 @@ class FinetuneRun:
             peak_flops=settings.peak_flops or peak_flops(self.device, self.dtype),
             dist_info=dist,
             extra_meta=self.meta,
+            count_tokens=count_tokens,
         )
         if self.resume_from is not None:
             trainer.resume(self.resume_from)

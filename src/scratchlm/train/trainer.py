@@ -133,9 +133,12 @@ class Trainer:
         peak_flops: float = 0.0,
         dist_info: Distributed | None = None,
         extra_meta: Mapping[str, Any] | None = None,
+        count_tokens: Callable[[Batch], int] | None = None,
     ) -> None:
         """`peak_flops` is one device's peak; MFU divides by it times the number of processes.
-        `extra_meta` goes into every checkpoint's meta.json (a fine-tune's chat template, LoRA settings)."""
+        `extra_meta` goes into every checkpoint's meta.json (a fine-tune's chat template, LoRA settings).
+        `count_tokens(batch)` counts the tokens a micro-batch computes when batches vary in length
+        (fine-tuning's dynamic padding); without it a step counts train.batch_tokens."""
         self.model, self.optimizer, self.train_batches = model, optimizer, train_batches
         self.settings, self.optim = settings, optim
         self.grad_accum = check_batch_tokens(settings.batch_tokens, tokens_per_micro_batch)
@@ -147,6 +150,7 @@ class Trainer:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.num_params = num_params
         self.extra_meta = dict(extra_meta or {})
+        self.count_tokens = count_tokens
         self.dist = dist_info if dist_info is not None else Distributed(device=device)
         self.deepspeed = model if deepspeed_backend.is_engine(model) else None
         self.out_dir = Path(settings.out_dir)
@@ -170,8 +174,10 @@ class Trainer:
             return self._deepspeed_step()
         no_sync = getattr(self.model, "no_sync", None)
         loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
         for micro in range(self.grad_accum):
             batch = self.train_batches.next_batch()
+            tokens += self.count_tokens(batch) if self.count_tokens is not None else 0
             # Data-parallel wrappers all-reduce gradients on the last micro-batch only.
             sync = contextlib.nullcontext() if no_sync is None or micro == self.grad_accum - 1 else no_sync()
             with sync:
@@ -189,7 +195,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_value, "grad_norm": grad_norm}
+        figures = {"loss": loss_value, "grad_norm": grad_norm}
+        return figures | {"tokens": tokens} if self.count_tokens is not None else figures
 
     def _checked_loss(self, loss_sum: torch.Tensor) -> float:
         """The step's loss, the mean over micro-batches and ranks; a non-finite one stops every
@@ -390,8 +397,9 @@ class Trainer:
                 self._train_seconds += step_seconds
                 self._step_times.append(step_seconds)
                 self.step += 1
-                self.tokens_seen += tc.batch_tokens
-                window_tokens += tc.batch_tokens
+                step_tokens = int(figures.get("tokens", tc.batch_tokens))
+                self.tokens_seen += step_tokens
+                window_tokens += step_tokens
                 bar(1)
 
                 if tc.time_budget_s and len(self._step_times) == 6:
