@@ -114,7 +114,7 @@ class FinetuneRun:
         make_directory(self.out_dir, "train.out_dir")
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=trainer.step if self.resume_from is not None else None)
         trainable = self.trainable_parameters()
-        share = f"{trainable / 1e6:.3f} M of {self.model.num_params() / 1e6:.2f} M parameters train ({100 * trainable / self.model.num_params():.2f} %)"
+        share = f"{trainable / 1e6:.3f} M of {self.model.num_params() / 1e6:.3f} M parameters train ({100 * trainable / self.model.num_params():.2f} %)"
         info(f"fine-tuning: {share}; {trainer.grad_accum} × {settings.micro_batch_size} sequences per step; {self.dtype} on {self.device}")
         final = trainer.fit(metrics)
         if self.lora.rank and self.base_weights is not None:
