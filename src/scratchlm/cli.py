@@ -31,7 +31,7 @@ from scratchlm.convert.commands import convert_app
 from scratchlm.data.prepare import PrepareConfig
 from scratchlm.data.quality import QualityTrainConfig
 from scratchlm.errors import UserError
-from scratchlm.finetune.settings import ClassifyConfig, InstructConfig
+from scratchlm.finetune.settings import ClassifyConfig, DPOConfig, InstructConfig
 from scratchlm.generate.layout import INFERENCE_DTYPE_HELP
 from scratchlm.generate.sampling import SamplingConfig
 from scratchlm.serve.command import serve_command
@@ -607,6 +607,29 @@ def finetune_classify_command(
 
     settings = load_config(ClassifyConfig, config, overrides or [])
     finetune_classify(settings, resume=resume, overwrite=overwrite)
+
+
+@finetune_app.command("dpo", epilog=settings_help(DPOConfig))
+def finetune_dpo_command(
+    config: Annotated[Optional[Path], typer.Argument(help="A TOML config with [data], [train], [optim] and [lora] sections (or none: --set everything).", show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, KEY=VALUE with a dotted key (repeatable), e.g. --set data.beta=0.2.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the job in train.out_dir from its newest checkpoint, exactly.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the job train.out_dir already holds.")] = False,
+) -> None:
+    """Preference tuning with DPO: prefer the chosen answer over the rejected one, relative to the starting checkpoint.
+
+    Pairs are JSON lines {"prompt": text or [messages], "chosen": text, "rejected": text}; prompts are laid out with the checkpoint's chat template when it has one. The reference is train.init_from: its log-probabilities are computed once, before training. The held-out DPO loss, reward margin (chosen − rejected) and accuracy (margin > 0) are logged at every evaluation, before and after (summary.json).
+
+    Examples:
+
+      scratchlm finetune dpo --set data.train=pairs.jsonl --set train.init_from=runs/sft --set train.out_dir=runs/dpo
+
+      scratchlm finetune dpo dpo.toml --set lora.rank=8 --set data.beta=0.2
+    """
+    from scratchlm.finetune.dpo import finetune_dpo
+
+    settings = load_config(DPOConfig, config, overrides or [])
+    finetune_dpo(settings, resume=resume, overwrite=overwrite)
 
 
 @app.command("classify")

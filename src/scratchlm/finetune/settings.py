@@ -128,3 +128,45 @@ class ClassifyConfig:
     """Optimizer and schedule."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Low-rank adapters (lora.rank > 0): the adapters and the head train."""
+
+
+@dataclass
+class PreferenceDataConfig:
+    """Preference pairs: a prompt, a preferred (chosen) answer and a worse (rejected) one."""
+
+    train: str = ""
+    """Training pairs: .jsonl (or a .json list) of {"prompt": text or [messages], "chosen": text, "rejected": text}."""
+    val: str = ""
+    """Held-out pairs in the same form; empty = hold out `holdout` of the training pairs (seeded)."""
+    holdout: float = 0.1
+    """Share of the training pairs held out when `val` is empty."""
+    max_length: int = 0
+    """Tokens per sequence (prompt + answer) at most; 0 = the model's context. Longer pairs are cut (counted): the prompt's start first, then the answer's end."""
+    batch_size: int = 8
+    """Pairs per optimizer step (gradient accumulation over train.micro_batch_size)."""
+    beta: float = 0.1
+    """DPO's β: how far the policy may move from the reference (larger = closer to it)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.holdout < 1:
+            raise UserError(f"data.holdout is {self.holdout}; it must be within [0, 1).")
+        if self.max_length < 0:
+            raise UserError(f"data.max_length is {self.max_length}; it must be 0 or more.")
+        if self.batch_size < 1:
+            raise UserError(f"data.batch_size is {self.batch_size}; it must be at least 1.")
+        if not self.beta > 0:
+            raise UserError(f"data.beta is {self.beta}; it must be positive.")
+
+
+@dataclass
+class DPOConfig:
+    """Preference tuning with DPO (Rafailov et al. 2023) against the starting checkpoint as reference."""
+
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+    """The preference pairs and β."""
+    train: TrainConfig = field(default_factory=lambda: finetune_train_defaults(max_steps=100, eval_every=25))
+    """Loop settings; train.init_from (the policy's start and the reference) is required."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, warmup_steps=10, weight_decay=0.0))
+    """Optimizer and schedule (DPO wants a small learning rate)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (lora.rank > 0) instead of training every weight."""
