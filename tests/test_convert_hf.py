@@ -190,6 +190,9 @@ def test_to_hf_loads_in_transformers_with_the_same_logits_ids_and_template(trans
         assert hf_tokenizer.decode(ids) == text
     assert hf_tokenizer.eos_token == EOT and hf_tokenizer.model_max_length == 64
     assert hf_tokenizer.chat_template == TEMPLATE
+    # generate stops at every special token, as our engine does.
+    generation = transformers.GenerationConfig.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert generation.eos_token_id == sorted(tokenizer.special_tokens.values())
     assert hf_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<|im_start|>user\nhi<|endoftext|>\nünïcode ✓"
 
     # And back: the template from tokenizer_config.json, the same architecture and weights (an

@@ -581,7 +581,8 @@ def to_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False, dtyp
     template = found.meta.get("chat_template")
     files = {
         "config.json": hf_config,
-        "generation_config.json": {"bos_token_id": found.tokenizer.eot_id, "eos_token_id": found.tokenizer.eot_id},
+        # Every special token ends a turn, as in scratchlm's engine (a ChatML model's <|im_end|> too).
+        "generation_config.json": {"bos_token_id": found.tokenizer.eot_id, "eos_token_id": sorted(found.tokenizer.special_tokens.values()) or None},
         **tokenizer_files(found.tokenizer, config.block_size, template if isinstance(template, str) else None),
     }
     _write_folder(out, tensors, files)
