@@ -578,7 +578,7 @@ def finetune_instruct_command(
 
       scratchlm finetune instruct sft.toml --set lora.rank=8    # LoRA: only the adapters train
 
-      scratchlm chat runs/sft
+    Then talk to the tuned model with the chat command, on train.out_dir.
     """
     from scratchlm.finetune.instruct import finetune_instruct
 
@@ -646,7 +646,7 @@ def classify_command(
 
       scratchlm classify runs/genre --text "O Romeo, Romeo, wherefore art thou Romeo?"
 
-      scratchlm classify runs/genre --input passages.csv > labelled.jsonl
+      scratchlm classify runs/genre --input passages.csv    # JSON lines on stdout
     """
     from scratchlm.checkpoints import load_classifier
     from scratchlm.finetune.classify import label_texts
