@@ -31,6 +31,11 @@ def test_speedrun_end_to_end(tmp_path: Path) -> None:
     assert summary["documents"]["train"] + summary["documents"]["val"] == summary["documents"]["total"] == 77
     assert summary["training"]["step"] == 10
     assert 0 < summary["eval"]["bpb"] < 10 and summary["eval"]["tokens"] > 100_000
+    # The held-out word-order task, scored and checked against the training plays.
+    benchmark = summary["benchmark"]
+    assert benchmark["items"] == 200 and 0 <= benchmark["accuracy"] <= 1 and benchmark["accuracy_stderr"] > 0
+    assert benchmark["contamination"]["benchmark_items"] > 0 and 0 <= benchmark["contamination"]["contaminated_items"] <= benchmark["contamination"]["benchmark_items"]
+    assert "held-out word order" in report.read_text()
     text = report.read_text()
     for heading in ("## Result", "## Data", "## Wall time per stage", "## Samples", "loss.png"):
         assert heading in text

@@ -34,6 +34,7 @@ from scratchlm.errors import UserError
 from scratchlm.finetune.settings import ClassifyConfig, DPOConfig, InstructConfig
 from scratchlm.generate.layout import INFERENCE_DTYPE_HELP
 from scratchlm.generate.sampling import SamplingConfig
+from scratchlm.report_command import report_command
 from scratchlm.serve.command import serve_command
 from scratchlm.speedrun import SpeedrunConfig
 from scratchlm.tokenizer.train import TokenizerTrainConfig
@@ -559,6 +560,7 @@ def chat_command(
 
 
 app.command("serve")(serve_command)
+app.command("report")(report_command)
 
 
 @finetune_app.command("instruct", epilog=settings_help(InstructConfig))
@@ -630,6 +632,55 @@ def finetune_dpo_command(
 
     settings = load_config(DPOConfig, config, overrides or [])
     finetune_dpo(settings, resume=resume, overwrite=overwrite)
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint or run directory to evaluate; or the word `contamination` to check benchmark files against training data.")],
+    data: Annotated[Optional[Path], typer.Option(help="Text to score: a .txt file, documents (.jsonl, .jsonl.zst, .parquet, or a directory of them), or a shards directory.", rich_help_panel="Text")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Sliding-window step for texts longer than the context: each window scores its last STRIDE tokens with the rest as context (default: the context, disjoint windows).", rich_help_panel="Text")] = None,
+    split: Annotated[Optional[str], typer.Option(help="The split of a shards directory to score (default: every split).", rich_help_panel="Text")] = None,
+    task: Annotated[Optional[str], typer.Option(help="A multiple-choice task: a JSONL file of {context, choices, label}, or shakespeare-word-order / shakespeare-next-line (built from the plays the speedrun holds out).", rich_help_panel="Tasks")] = None,
+    shots: Annotated[int, typer.Option(help="Solved examples shown before each item (few-shot), drawn from the task with --seed.", rich_help_panel="Tasks")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the few-shot examples and a built task's items.", rich_help_panel="Tasks")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 (exact), bfloat16, float16 (GPU) or auto.")] = "float32",
+    train: Annotated[Optional[list[Path]], typer.Option("--train", help="Training data for `eval contamination`: documents or a shards directory (repeatable).", rich_help_panel="Contamination")] = None,
+    benchmark: Annotated[Optional[list[Path]], typer.Option("--benchmark", help="Benchmark files for `eval contamination`: JSONL items or text (repeatable).", rich_help_panel="Contamination")] = None,
+    text_field: Annotated[Optional[list[str]], typer.Option("--text-field", help="JSONL fields holding a benchmark item's text (repeatable; default: text).", rich_help_panel="Contamination")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Evaluate a checkpoint on text (loss, perplexity, bits per byte; every token scored once) or on a multiple-choice task (accuracy ± standard error), or check benchmarks for contamination.
+
+    Examples:
+
+      scratchlm eval runs/speedrun/train --data runs/speedrun/shards --split val
+
+      scratchlm eval runs/speedrun/train --data hamlet.txt --stride 128
+
+      scratchlm eval runs/speedrun/train --task shakespeare-word-order
+
+      scratchlm eval contamination --train runs/speedrun/shards --benchmark hellaswag.jsonl --text-field ctx --text-field endings
+    """
+    if checkpoint == "contamination" and not Path(checkpoint).exists():
+        from scratchlm.eval.contamination import contamination, render
+
+        if not train or not benchmark:
+            raise UserError("eval contamination needs --train (documents or shards) and --benchmark (items to check).")
+        result = contamination(train, benchmark, tuple(text_field or ("text",)))
+        sys.stdout.write((json.dumps(result, indent=2) if as_json else render(result)) + "\n")
+        return
+    if (data is None) == (task is None):
+        raise UserError("Give eval one of --data (text to score) or --task (a multiple-choice task file or name).")
+    if task is not None:
+        from scratchlm.eval.tasks import eval_task
+
+        eval_task(Path(checkpoint), task, shots, seed, batch_size, device, dtype, as_json)
+        return
+    from scratchlm.eval.text import eval_text
+
+    eval_text(Path(checkpoint), data, stride, batch_size, split, device, dtype, as_json)  # type: ignore[arg-type]
 
 
 @app.command("classify")

@@ -37,6 +37,8 @@ class SpeedrunConfig:
     """Plays held out for validation, by the id of their modern-spelling text; their First Folio texts are held out with them."""
     train_minutes: float = 11.0
     """Training time budget; the learning-rate schedule is fitted to the steps that fit."""
+    task_items: int = 200
+    """Items of the held-out word-order task the model is scored on at the end (0 = skip it)."""
     sample_tokens: int = 200
     """Tokens per sample in the report."""
     prompts: list[str] = field(default_factory=lambda: ["ROMEO.\n", "HAMLET.\nTo be, or not to be", "Enter the KING"])
@@ -86,6 +88,8 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
     from scratchlm.train.run import existing_run, pretrain
     from scratchlm.train.settings import RunConfig
 
+    if config.task_items < 0:
+        raise UserError(f"task_items is {config.task_items}; it must be 0 (no benchmark) or more.")
     if config.preset not in PRESETS:
         raise UserError(f"Unknown speedrun preset {config.preset!r}; choose one of: {', '.join(PRESETS)}.")
     out = Path(config.out_dir)
@@ -140,6 +144,21 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
 
     final = clock.run("evaluate", full_eval)
 
+    def benchmark() -> dict[str, Any]:
+        # Which of four orderings of a held-out play's next line is the real one; chance is 0.25.
+        from scratchlm.eval.contamination import contamination_in
+        from scratchlm.eval.shakespeare_task import build_next_line_task
+        from scratchlm.eval.tasks import evaluate_task, load_task
+
+        path = build_next_line_task(out / "tasks" / "shakespeare-word-order.jsonl", n_items=config.task_items, documents=documents, works=config.val_works, distractors="shuffled")
+        with mixed:
+            score = evaluate_task(model, tokenizer, load_task(path))
+        # Measured, not assumed: do the task's lines occur in the training plays?
+        overlap = contamination_in(((d.id, d.text) for d in train_documents), [path], ("context", "choices"))
+        return {**score, "contamination": {k: overlap[k] for k in ("benchmark_items", "contaminated_items", "contaminated_share", "skipped_short_items")} | {"examples": overlap["items"][:5]}}
+
+    task_result = clock.run("benchmark", benchmark) if config.task_items else None
+
     def make_samples() -> list[tuple[str, str]]:
         samples = []
         for i, prompt in enumerate(config.prompts):
@@ -169,6 +188,7 @@ def speedrun(config: SpeedrunConfig, overrides: list[str] | None = None) -> Path
         "model": {"parameters": result["num_params"], "flops_per_token": result["flops_per_token"], "config": to_dict(model.config)},
         "training": {k: result[k] for k in ("step", "tokens", "wall_s", "peak_flops")},
         "eval": final,
+        "benchmark": task_result,
         "samples": samples,
     }
     train_lines = [r for r in metrics if "tokens_per_s" in r]
@@ -238,6 +258,11 @@ def write_speedrun_report(out: Path, summary: dict[str, Any], metrics: list[dict
             ("validation perplexity", f"{s['eval']['perplexity']:.2f}"),
             ("validation bits per byte", f"{s['eval']['bpb']:.4f}"),
             ("validation tokens", f"{s['eval']['tokens']:,}"),
+            *([(
+                "held-out word order (4 choices)",
+                f"accuracy {s['benchmark']['accuracy']:.3f} ± {s['benchmark']['accuracy_stderr']:.3f} over {s['benchmark']['items']} items (chance {s['benchmark']['random_baseline']:.2f}); "
+                f"{s['benchmark']['contamination']['contaminated_items']} of {s['benchmark']['contamination']['benchmark_items']} items share a 13-gram with the training plays",
+            )] if s.get("benchmark") else []),
             ("model", f"{s['model']['parameters'] / 1e6:.2f} M parameters, {s['model']['flops_per_token'] / 1e6:.1f} MFLOP per token"),
             ("training", f"{s['training']['step']} steps, {s['training']['tokens']:,} tokens in {s['training']['wall_s']:.0f} s"),
             ("throughput", f"{s['training']['tokens_per_s']:,.0f} tokens/s, MFU {s['training']['mfu']:.1%} of {s['training']['peak_flops'] / 1e9:.0f} GFLOP/s"),

@@ -30,6 +30,7 @@ from scratchlm.finetune.vocab import add_special_tokens, fit_vocabulary
 from scratchlm.model.gpt import GPT
 from scratchlm.model.lora import LoraConfig, apply_lora, save_adapter, weights_hash
 from scratchlm.paths import make_directory
+from scratchlm.report import write_report
 from scratchlm.runtime import resolve_device, resolve_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.train.distributed import Distributed, parallelize
@@ -117,6 +118,7 @@ class FinetuneRun:
         share = f"{trainable / 1e6:.3f} M of {self.model.num_params() / 1e6:.3f} M parameters train ({100 * trainable / self.model.num_params():.2f} %)"
         info(f"fine-tuning: {share}; {trainer.grad_accum} × {settings.micro_batch_size} sequences per step; {self.dtype} on {self.device}")
         final = trainer.fit(metrics)
+        info(f"report: {write_report(self.out_dir)}")
         if self.lora.rank and self.base_weights is not None:
             save_adapter(self.out_dir / "adapter.safetensors", self.model, self.lora, weights_hash(self.base_weights))
             info(f"the adapters alone: {self.out_dir / 'adapter.safetensors'} (for the base {self.base_weights.parent})")

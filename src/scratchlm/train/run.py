@@ -32,6 +32,7 @@ from scratchlm.errors import UserError
 from scratchlm.eval.perplexity import ShardEvaluator, token_byte_lengths
 from scratchlm.model.gpt import GPT, GPTConfig
 from scratchlm.paths import check_output_location, make_directory
+from scratchlm.report import write_report
 from scratchlm.runtime import DTYPES, autocast, resolve_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from scratchlm.train.distributed import (
@@ -230,6 +231,8 @@ def pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -
             f"{trainer.dtype} on {trainer.device}, {dist_info.describe()}"
         )
         final = trainer.fit(metrics)
+        if dist_info.is_main:
+            info(f"report: {write_report(out_dir)}")
         shutdown_distributed()
     except BaseException:
         # Leave the group without waiting for the others: they may be the ones that failed.
