@@ -215,7 +215,7 @@ def run_end_to_end(inputs: Path, benchmark: Path, tokenizer: Path, processes: in
     )
     output = directory / f"out_{processes}"
     started = time.perf_counter()
-    manifest = prepare([inputs], output, config, tokenizer_path=tokenizer)
+    manifest = prepare([inputs], output, config, tokenizer_path=tokenizer, overwrite=True)  # each round replaces the last
     seconds = time.perf_counter() - started
     shards = json.loads((output / "shards" / "manifest.json").read_text())
     steps = [{"step": s["name"], "read": s["read"], "kept": s["kept"], "removed": s["removed_by_reason"]} for s in manifest["steps"]]

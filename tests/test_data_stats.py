@@ -142,3 +142,17 @@ def test_cli_random_directory_is_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
+
+
+def test_missing_directory_is_said_not_to_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from scratchlm.cli import main
+
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(UserError, match=r"^.*no-such-dir does not exist; pass a documents directory"):
+        detect(missing)
+    monkeypatch.setattr(sys, "argv", ["scratchlm", "data", "stats", str(missing)])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "does not exist" in err and "manifest" not in err, err

@@ -107,3 +107,67 @@ def test_prepare_command_output_errors_are_one_line(tmp_path: Path) -> None:
         result = subprocess.run(cli, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def _one_process(steps: list[str]) -> PrepareConfig:
+    config = PrepareConfig(steps=steps)
+    config.executor.processes = 1
+    return config
+
+
+def _cli_error(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    from scratchlm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["scratchlm", "-q", *argv])  # -q: no progress lines
+    with pytest.raises(SystemExit) as exit:
+        main()
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_earlier_output_is_replaced_only_with_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    (tmp_path / "b.txt").write_text(FRENCH)
+    first = prepare([tmp_path / "a.txt"], tmp_path / "out", _one_process(["clean"]))
+    before = (tmp_path / "out" / "manifest.json").read_text()
+    with pytest.raises(UserError, match=r"^--output .*out already holds the documents of an earlier `data prepare`; pass --overwrite"):
+        prepare([tmp_path / "b.txt"], tmp_path / "out", _one_process(["clean"]))
+    err = _cli_error(["data", "prepare", "--input", str(tmp_path / "b.txt"), "--output", str(tmp_path / "out"), "--set", 'steps=["clean"]'], monkeypatch, capsys)
+    assert "--overwrite" in err
+    assert (tmp_path / "out" / "manifest.json").read_text() == before and not (tmp_path / ".out.work").exists()
+    second = prepare([tmp_path / "b.txt"], tmp_path / "out", _one_process(["clean"]), overwrite=True)
+    assert first["inputs"] != second["inputs"] and json.loads((tmp_path / "out" / "manifest.json").read_text())["inputs"] == second["inputs"]
+
+
+def test_no_readable_document_is_an_error_naming_what_was_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "bad.jsonl").write_bytes(b'{broken json\n{"text": 3}\n')
+    (inputs / "empty.txt").write_bytes(b"")
+    (inputs / "blob.bin").write_bytes(b"\x7fELF\x00\x01\x02" * 10)
+    with pytest.raises(UserError) as error:
+        prepare([inputs], tmp_path / "out", _one_process(["clean"]))
+    message = str(error.value)
+    assert message.startswith("No documents could be read from the inputs"), message
+    assert f"2 malformed lines (first: {inputs / 'bad.jsonl'}:1: bad JSON" in message
+    assert f"1 binary file (first: {inputs / 'blob.bin'}, NUL bytes" in message and "1 empty file" in message
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.work").exists()
+    err = _cli_error(["data", "prepare", "--input", str(inputs), "--output", str(tmp_path / "out"), "--set", 'steps=["clean"]', "--processes", "1"], monkeypatch, capsys)
+    assert "malformed line" in err and "binary file" in err
+
+
+def test_tokenizer_without_eot_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import scratchlm.data.prepare as prepare_module
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started work before checking the tokenizer")
+
+    monkeypatch.setattr(prepare_module, "plan_input_shards", must_not_run)
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    train_from_texts([ENGLISH], TokenizerTrainConfig(vocab_size=300, special_tokens=[])).save(tmp_path / "tok")
+    with pytest.raises(UserError, match=r"has no <\|endoftext\|> token"):
+        prepare([tmp_path / "a.txt"], tmp_path / "out", tokenizer_path=tmp_path / "tok")
+    err = _cli_error(["data", "prepare", "--input", str(tmp_path / "a.txt"), "--output", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok")], monkeypatch, capsys)
+    assert "endoftext" in err and not (tmp_path / "out").exists()

@@ -390,3 +390,23 @@ def test_presplit_progress_bar_has_a_total_in_bytes(tmp_path: Path, monkeypatch:
     train_module.train([tmp_path / "in"], tmp_path / "tok2", TokenizerTrainConfig(vocab_size=300, workers=1))
     size = sum(len(text.encode()) for text in texts)
     assert totals["pre-splitting"] == [(size, "bytes"), (size, "bytes"), (None, "bytes")]
+
+
+def test_train_on_only_skipped_files_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from scratchlm.cli import main
+
+    (tmp_path / "ls").write_bytes(Path("/bin/ls").read_bytes() if Path("/bin/ls").is_file() else b"\x7fELF\x02\x01\x01\x00" * 64)
+    monkeypatch.setattr(sys, "argv", ["scratchlm", "-q", "tokenizer", "train", "--input", str(tmp_path / "ls"), "--vocab-size", "300", "--set", "workers=1", "--output", str(tmp_path / "tok")])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1, err
+    assert f"1 binary file (first: {tmp_path / 'ls'}, NUL bytes" in err and "empty" not in err, err
+
+    import scratchlm.tokenizer.train as train_module
+
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"skipped 1 binary file .* and 1 empty file; fix or replace those files"):
+        train_module.train([tmp_path / "ls", tmp_path / "empty.txt"], tmp_path / "tok", TokenizerTrainConfig(vocab_size=300, workers=1))
+    assert not (tmp_path / "tok").exists()

@@ -197,6 +197,7 @@ def data_prepare(
     tokenizer: Annotated[Optional[Path], typer.Option(help="Also tokenize the kept documents into OUTPUT/shards with this tokenizer.")] = None,
     keep_removed: Annotated[bool, typer.Option(help="Also write the removed documents with their reasons (removed_*.jsonl.zst).")] = False,
     processes: Annotated[Optional[int], typer.Option(help="Worker processes (same as --set executor.processes=N); 0 = one per CPU core.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the documents an earlier `data prepare` wrote to --output (their removed documents and shards included); an interrupted run resumes without it.")] = False,
 ) -> None:
     """Clean, language-filter, quality-filter, deduplicate and decontaminate documents; every removal is counted with its reason in manifest.json.
 
@@ -211,7 +212,7 @@ def data_prepare(
     from scratchlm.data.prepare import prepare
 
     settings = load_config(PrepareConfig, config, [*(overrides or []), *([f"executor.processes={processes}"] if processes is not None else [])])
-    prepare(list(input or []), output, settings, corpus=corpus, tokenizer_path=tokenizer, keep_removed=keep_removed)
+    prepare(list(input or []), output, settings, corpus=corpus, tokenizer_path=tokenizer, keep_removed=keep_removed, overwrite=overwrite)
 
 
 @data_app.command("train-quality")

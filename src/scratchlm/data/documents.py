@@ -96,6 +96,22 @@ class ReadStats:
         if len(self.binary_examples) < MAX_EXAMPLES:
             self.binary_examples.append(str(path))
 
+    def skipped(self) -> str:
+        """What was skipped, by reason, with the first file (or file:line) of each kind, e.g.
+        "2 malformed lines (first: a.jsonl:1: bad JSON (...)) and 1 binary file (first: /bin/ls,
+        NUL bytes in its first 8192 bytes)"; "" when nothing was."""
+        parts = []
+        if self.malformed_lines:
+            s = "s" if self.malformed_lines != 1 else ""
+            parts.append(f"{self.malformed_lines:,} malformed line{s} (first: {self.malformed_examples[0]})")
+        if self.binary_files:
+            s = "s" if self.binary_files != 1 else ""
+            parts.append(f"{self.binary_files:,} binary file{s} (first: {self.binary_examples[0]}, NUL bytes in its first {_BINARY_SNIFF_BYTES} bytes)")
+        if self.empty_files:
+            s = "s" if self.empty_files != 1 else ""
+            parts.append(f"{self.empty_files:,} empty file{s}")
+        return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+
     def summary(self) -> str:
         """One line for the terminal, naming the first skipped item of each kind."""
         parts = [

@@ -139,8 +139,13 @@ def prepare(
     corpus: str | None = None,
     tokenizer_path: str | Path | None = None,
     keep_removed: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the pipeline over the inputs (and/or a named corpus); returns the manifest."""
+    """Run the pipeline over the inputs (and/or a named corpus); returns the manifest.
+
+    Documents an earlier run wrote to `output` are replaced only with `overwrite`; an
+    interrupted run (its `.OUTPUT.work/`) resumes either way.
+    """
     config = config or PrepareConfig()
     if not inputs and corpus is None:
         raise UserError("Nothing to prepare; pass --input PATH (files, directories, JSONL, Parquet) or --corpus shakespeare.")
@@ -149,11 +154,16 @@ def prepare(
     check_output_location(output, "--output")
     if output.exists() and not (output / "manifest.json").is_file() and any(output.iterdir()):
         raise UserError(f"{output} exists and is not a documents directory; choose a new --output.")
+    if (output / "manifest.json").is_file() and not overwrite:
+        raise UserError(f"--output {output} already holds the documents of an earlier `data prepare`; pass --overwrite to replace them (with their removed documents and shards), or choose another --output.")
     tokenizer = None
     if tokenizer_path is not None:
-        from scratchlm.tokenizer.tokenizer import load_tokenizer
+        from scratchlm.tokenizer.tokenizer import EOT, load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_path)
+        # write_shards checks this too, but only after the whole pipeline has run.
+        if tokenizer.eot_id is None:
+            raise UserError(f"The tokenizer {tokenizer_path} has no {EOT} token to separate documents; pass a --tokenizer that has it.")
     if corpus is not None:
         from scratchlm.data.corpus import fetch
 
@@ -178,6 +188,10 @@ def prepare(
         raise
     finally:
         executor.close()
+    if result.read.documents == 0:
+        shutil.rmtree(work)
+        skipped = result.read.skipped() or "nothing, yet found no documents"
+        raise UserError(f"No documents could be read from the inputs: the readers skipped {skipped}; fix or replace those files, or check the --input paths.")
     total_removed = sum(step["removed"] for step in result.steps)
     manifest = {
         "format": FORMAT_NAME,

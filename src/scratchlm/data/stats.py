@@ -31,6 +31,8 @@ def detect(directory: str | Path) -> str:
     """"documents" or "shards", from the directory's manifest; anything else is a UserError."""
     directory = Path(directory)
     what = f"{directory} must be a documents directory (from `scratchlm data prepare`) or a shards directory (with a {MANIFEST} of format {SHARDS_FORMAT!r})"
+    if not directory.exists():
+        raise UserError(f"{directory} does not exist; pass a documents directory (from `scratchlm data prepare`) or a shards directory.")
     if not directory.is_dir():
         raise UserError(f"{what}, but it is not a directory.")
     path = directory / MANIFEST

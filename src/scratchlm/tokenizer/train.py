@@ -31,6 +31,10 @@ from scratchlm.tokenizer.tokenizer import (
 TOKENIZER_FILES = frozenset({RANKS_FILE, CONFIG_FILE, HF_FILE})
 
 
+class _NoTextError(UserError):
+    """No text to train on, raised where the caller may know why (what its readers skipped)."""
+
+
 @dataclass
 class TokenizerTrainConfig:
     """Settings for training a byte-level BPE tokenizer."""
@@ -86,7 +90,7 @@ def train_from_texts(texts: Iterable[str], config: TokenizerTrainConfig, name: s
         # File sizes only estimate the text (binary files are skipped, max_chars stops early).
         bar.update(total=read)
     if not counts:
-        raise UserError("The input holds no text to train on; check the --input paths (empty files are skipped).")
+        raise _NoTextError("The input holds no text to train on; check the --input paths.")
     chunks: Counter[bytes] = Counter()
     for chunk, n in counts.items():
         for piece in cut_chunk(chunk.encode("utf-8"), config.max_token_bytes):
@@ -144,7 +148,13 @@ def train(
         sources.append(read_documents(paths, stats, text_field=config.text_field))
     texts = (doc.text for source in sources for doc in source)
 
-    tokenizer = train_from_texts(texts, config, name=output.name, total_bytes=None if corpus is not None else _text_files_size(paths))
+    try:
+        tokenizer = train_from_texts(texts, config, name=output.name, total_bytes=None if corpus is not None else _text_files_size(paths))
+    except _NoTextError:
+        skipped = stats.skipped()
+        if not skipped:
+            raise
+        raise UserError(f"The input holds no text to train on: the readers skipped {skipped}; fix or replace those files, or check the --input paths.") from None
     if inputs and (stats.malformed_lines or stats.invalid_utf8_documents or stats.binary_files or stats.empty_files):
         info(stats.summary())
     tokenizer.save(output)
