@@ -171,3 +171,17 @@ def test_tokenizer_without_eot_is_refused_before_any_work(tmp_path: Path, monkey
         prepare([tmp_path / "a.txt"], tmp_path / "out", tokenizer_path=tmp_path / "tok")
     err = _cli_error(["data", "prepare", "--input", str(tmp_path / "a.txt"), "--output", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok")], monkeypatch, capsys)
     assert "endoftext" in err and not (tmp_path / "out").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from scratchlm.data import prepare as prepare_module
+
+    def read_only(*_: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    monkeypatch.setattr(prepare_module, "open_work_dir", read_only)
+    with pytest.raises(UserError, match=r"Cannot write the work directory .*\.out\.work beside --output \(Read-only file system\); choose another --output\."):
+        prepare([tmp_path / "a.txt"], tmp_path / "out", _one_process(["clean"]))

@@ -177,7 +177,11 @@ def prepare(
     work = output.parent / f".{output.name}.work"
     plan = {"format": "scratchlm-prepare-work", "version": FORMAT_VERSION, "shards": [s.describe() for s in shards], "settings": settings, "keep_removed": keep_removed}
     make_directory(output.parent, "the parent directory of --output")
-    open_work_dir(work, plan)
+    try:
+        open_work_dir(work, plan)
+    except OSError as error:
+        # What no check foresees: a read-only or virtual file system (/proc), a full disk.
+        raise UserError(f"Cannot write the work directory {work} beside --output ({error.strerror or error}); choose another --output.") from None
 
     started = time.perf_counter()
     executor = make_executor(config.executor)
