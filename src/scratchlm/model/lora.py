@@ -15,7 +15,6 @@ the adapters alone, which `save_adapter` writes with the hash of the base weight
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.errors import UserError
+from scratchlm.paths import file_sha256
 
 
 @dataclass
@@ -136,11 +136,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def weights_hash(path: Path) -> str:
     """SHA-256 of a weights file: which base an adapter belongs to."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def save_adapter(path: Path, model: nn.Module, config: LoraConfig, base_hash: str) -> None:
