@@ -254,3 +254,5 @@ def test_cli_eval_scores_a_task_file_and_refuses_ambiguous_requests(tmp_path: Pa
     assert code == 0 and result["items"] == 6 and result["random_baseline"] == pytest.approx(1 / 3)
     code, _, err = run("eval", str(checkpoint), "--task", str(task), "--data", str(task))
     assert code == 2 and "one of --data" in err
+    code, _, err = run("eval", str(checkpoint), "--task", "shakespeare-word-ordr")
+    assert code == 2 and "did you mean 'shakespeare-word-order'?" in err

@@ -300,6 +300,11 @@ def eval_task(checkpoint: Path, task: str, shots: int = 0, seed: int = 0, batch_
 
     if task in TASKS and not Path(task).exists():
         path = build_next_line_task((out_dir or Path("runs") / "tasks") / f"{task}.jsonl", seed=seed, distractors=TASKS[task])
+    elif not Path(task).exists() and not Path(task).suffix:
+        import difflib
+
+        close = difflib.get_close_matches(task, list(TASKS), n=1)
+        raise UserError(f"No task file or built-in task {task!r}" + (f"; did you mean {close[0]!r}?" if close else f"; the built-in tasks are {', '.join(TASKS)}."))
     else:
         path = Path(task)
     loaded = load_task(path)
